@@ -1,0 +1,61 @@
+"""The ``zootune`` command line.
+
+Each subcommand lives in its own module under :mod:`zootune.commands` and exposes
+``register(subparsers)``, which adds an ``argparse`` sub-parser and sets ``func`` (a callable
+taking the parsed namespace and returning an exit code). Heavy imports happen inside ``func`` so
+``zootune --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import Sequence
+
+# Order here is the order in ``zootune --help``.
+COMMAND_MODULES = (
+    "demo",
+    "tune",
+    "eval",
+    "export",
+    "select",
+    "zoo",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="zootune",
+        description=(
+            "Transfer learning from a zoo of pretrained models (Zoo-Tuning, ICML 2021): "
+            "aggregate several checkpoints of one architecture into one target model, "
+            "train it, and export it."
+        ),
+    )
+    from zootune import __version__
+
+    parser.add_argument("--version", action="version", version=f"zootune {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(f"zootune.commands.{name}")
+        except ModuleNotFoundError as exc:  # a command whose module is not written yet
+            if exc.name == f"zootune.commands.{name}":
+                continue
+            raise
+        module.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "func", None) is None:
+        parser.print_help()
+        return 2
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,330 @@
+"""Exact kernels for a layer whose weight differs for every sample of the batch.
+
+Zoo-Tuning's per-sample aggregation (Eq. 2) gives sample ``b`` its own weight
+``W_b = sum_i a_bi * W~_i``. A plain ``nn.Conv2d`` cannot take a batch of weights, so this module
+offers several exact ways to apply ``W_b`` to ``x_b``, all with the FLOPs of one ordinary layer:
+
+* ``grouped``: the batch folded into the channel axis, one convolution with ``groups = B * g``;
+* ``loop``:    one ordinary convolution per sample (fast when each sample's work is large);
+* ``bmm``:     a batched matrix product, for 1x1 convolutions (padding 0, groups 1) and Linear.
+
+Which of ``grouped`` and ``loop`` is faster depends on the shape and the backend; ``auto`` times
+both once per layer shape and remembers the winner (:func:`choose_conv_kernel`).
+
+:class:`AggregatedPerSample` is the autograd function that ties aggregation and kernel together:
+it computes ``W_b`` from the gates ``a`` (B, m) and the aligned source weights ``w`` (m, ...),
+applies the kernel, and in backward returns the gradients of ``x``, ``a`` and ``w``. With
+``recompute=True`` (the default) it does not keep the ``B x |W|`` per-sample weights for backward
+but recomputes them there — one small matrix product — which saves most of the memory Zoo-Tuning
+would otherwise add to a training step.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+
+import torch
+import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
+
+CONV_KERNELS = ("auto", "grouped", "loop")
+
+
+@dataclass(frozen=True)
+class ConvSpec:
+    """Hyper-parameters of a 2-d convolution with numeric padding (zeros)."""
+
+    stride: tuple[int, int]
+    padding: tuple[int, int]
+    dilation: tuple[int, int]
+    groups: int
+
+    def is_pointwise(self, kernel_size: tuple[int, int]) -> bool:
+        """A 1x1 convolution without padding or groups is a (strided) matrix product."""
+        return kernel_size == (1, 1) and self.padding == (0, 0) and self.groups == 1
+
+
+# --------------------------------------------------------------------------------------------
+# Kernels: forward(x, W) -> y and backward(x, W, gy, need_x, need_w) -> (gx, gW), with W (B, ...)
+# --------------------------------------------------------------------------------------------
+
+
+class Kernel:
+    """An exact way to apply per-sample weights ``W`` (B, ...) to inputs ``x`` (B, ...)."""
+
+    name = "base"
+
+    def forward(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def backward(
+        self, x: torch.Tensor, w: torch.Tensor, gy: torch.Tensor, need_x: bool, need_w: bool
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        raise NotImplementedError
+
+
+class GroupedConv(Kernel):
+    """Fold the batch into channels: one convolution with ``groups = B * groups``."""
+
+    name = "grouped"
+
+    def __init__(self, spec: ConvSpec):
+        self.spec = spec
+
+    def forward(self, x, w):
+        b, cin, h, wd = x.shape
+        s = self.spec
+        y = F.conv2d(
+            x.reshape(1, b * cin, h, wd),
+            w.reshape(b * w.shape[1], *w.shape[2:]),
+            None,
+            s.stride,
+            s.padding,
+            s.dilation,
+            b * s.groups,
+        )
+        return y.view(b, w.shape[1], *y.shape[2:])
+
+    def backward(self, x, w, gy, need_x, need_w):
+        b, cin, h, wd = x.shape
+        s = self.spec
+        gx, gw, _ = torch.ops.aten.convolution_backward(
+            gy.reshape(1, b * gy.shape[1], *gy.shape[2:]),
+            x.reshape(1, b * cin, h, wd),
+            w.reshape(b * w.shape[1], *w.shape[2:]),
+            None,
+            list(s.stride),
+            list(s.padding),
+            list(s.dilation),
+            False,
+            [0, 0],
+            b * s.groups,
+            [need_x, need_w, False],
+        )
+        return (
+            gx.view_as(x) if gx is not None else None,
+            gw.view_as(w) if gw is not None else None,
+        )
+
+
+class LoopConv(Kernel):
+    """One ordinary convolution per sample (no batch folding)."""
+
+    name = "loop"
+
+    def __init__(self, spec: ConvSpec):
+        self.spec = spec
+
+    def forward(self, x, w):
+        s = self.spec
+        return torch.cat(
+            [
+                F.conv2d(x[i : i + 1], w[i], None, s.stride, s.padding, s.dilation, s.groups)
+                for i in range(x.shape[0])
+            ]
+        )
+
+    def backward(self, x, w, gy, need_x, need_w):
+        s = self.spec
+        gxs, gws = [], []
+        for i in range(x.shape[0]):
+            gx, gw, _ = torch.ops.aten.convolution_backward(
+                gy[i : i + 1],
+                x[i : i + 1],
+                w[i],
+                None,
+                list(s.stride),
+                list(s.padding),
+                list(s.dilation),
+                False,
+                [0, 0],
+                s.groups,
+                [need_x, need_w, False],
+            )
+            gxs.append(gx)
+            gws.append(gw)
+        return (
+            torch.cat(gxs) if need_x else None,
+            torch.stack(gws) if need_w else None,
+        )
+
+
+class PointwiseConv(Kernel):
+    """A 1x1 convolution (padding 0, groups 1, any stride) as a batched matrix product."""
+
+    name = "bmm"
+
+    def __init__(self, spec: ConvSpec):
+        self.stride = spec.stride
+
+    def _subsample(self, x):
+        sh, sw = self.stride
+        return x if (sh, sw) == (1, 1) else x[:, :, ::sh, ::sw]
+
+    def forward(self, x, w):
+        xs = self._subsample(x)
+        b, cin, h, wd = xs.shape
+        y = torch.bmm(w.view(b, w.shape[1], cin), xs.reshape(b, cin, h * wd))
+        return y.view(b, w.shape[1], h, wd)
+
+    def backward(self, x, w, gy, need_x, need_w):
+        xs = self._subsample(x)
+        b, cin, h, wd = xs.shape
+        g = gy.reshape(b, gy.shape[1], h * wd)
+        w2 = w.view(b, w.shape[1], cin)
+        gw = torch.bmm(g, xs.reshape(b, cin, h * wd).transpose(1, 2)).view_as(w) if need_w else None
+        gx = None
+        if need_x:
+            gxs = torch.bmm(w2.transpose(1, 2), g).view(b, cin, h, wd)
+            if xs is x:
+                gx = gxs
+            else:
+                gx = x.new_zeros(x.shape)
+                gx[:, :, :: self.stride[0], :: self.stride[1]] = gxs
+        return gx, gw
+
+
+class PerSampleLinear(Kernel):
+    """``y_b = x_b W_b^T`` for ``x`` (B, N, in) and ``W`` (B, out, in)."""
+
+    name = "bmm"
+
+    def forward(self, x, w):
+        return torch.bmm(x, w.transpose(1, 2))
+
+    def backward(self, x, w, gy, need_x, need_w):
+        gx = torch.bmm(gy, w) if need_x else None
+        gw = torch.bmm(gy.transpose(1, 2), x) if need_w else None
+        return gx, gw
+
+
+# --------------------------------------------------------------------------------------------
+# Choosing a convolution kernel
+# --------------------------------------------------------------------------------------------
+
+_CHOICES: dict[tuple, str] = {}
+
+
+def _time_kernel(kernel: Kernel, x: torch.Tensor, w: torch.Tensor, repeats: int = 2) -> float:
+    gy = torch.randn_like(kernel.forward(x, w))
+
+    def step():
+        kernel.forward(x, w)
+        kernel.backward(x, w, gy, True, True)
+
+    step()  # warm-up (allocator, backend kernel selection)
+    if x.is_cuda:
+        torch.cuda.synchronize(x.device)
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        step()
+        if x.is_cuda:
+            torch.cuda.synchronize(x.device)
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def choose_conv_kernel(spec: ConvSpec, x: torch.Tensor, w: torch.Tensor) -> str:
+    """Time ``grouped`` and ``loop`` once for this shape and remember the faster one.
+
+    The key holds everything that changes which is faster: shapes, hyper-parameters, dtype,
+    device and memory format. The timing runs outside autograd on random data of the real shape.
+    """
+    key = (
+        tuple(x.shape),
+        tuple(w.shape),
+        spec,
+        x.dtype,
+        x.device.type,
+        x.is_contiguous(memory_format=torch.channels_last),
+    )
+    choice = _CHOICES.get(key)
+    if choice is None:
+        with torch.no_grad():
+            xs, ws = torch.randn_like(x), torch.randn_like(w)
+            times = {k.name: _time_kernel(k, xs, ws) for k in (GroupedConv(spec), LoopConv(spec))}
+        choice = min(times, key=times.get)
+        _CHOICES[key] = choice
+    return choice
+
+
+def kernel_choices() -> dict[tuple, str]:
+    """The kernels chosen so far by ``auto``, keyed by shape (for reports and benchmarks)."""
+    return dict(_CHOICES)
+
+
+def conv_kernel(name: str, spec: ConvSpec, kernel_size: tuple[int, int], x, w) -> Kernel:
+    """The kernel object for a per-sample convolution; ``name`` is one of ``CONV_KERNELS``."""
+    if spec.is_pointwise(kernel_size):
+        return PointwiseConv(spec)
+    if name == "auto":
+        name = choose_conv_kernel(spec, x, w)
+    if name == "grouped":
+        return GroupedConv(spec)
+    if name == "loop":
+        return LoopConv(spec)
+    raise ValueError(f"unknown per-sample conv kernel {name!r}; choose one of {CONV_KERNELS}")
+
+
+# --------------------------------------------------------------------------------------------
+# Aggregation + kernel as one autograd function
+# --------------------------------------------------------------------------------------------
+
+
+def aggregate(a: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """``W_b = sum_i a_bi w_i`` for gates ``a`` (B, m) and weights ``w`` (m, ...) (Eq. 2)."""
+    m = w.shape[0]
+    return (a @ w.reshape(m, -1)).view(a.shape[0], *w.shape[1:])
+
+
+class AggregatedPerSample(torch.autograd.Function):
+    """``y_b = kernel(x_b, sum_i a_bi w_i)`` with exact gradients for ``x``, ``a`` and ``w``.
+
+    Backward: with ``gW_b`` the gradient of the per-sample weight from the kernel,
+    ``grad a_bi = <gW_b, w_i>`` and ``grad w_i = sum_b a_bi gW_b`` — two matrix products.
+    """
+
+    @staticmethod
+    def forward(ctx, x, a, w, kernel: Kernel, recompute: bool):  # type: ignore[override]
+        wb = aggregate(a.to(x.dtype), w.to(x.dtype))
+        y = kernel.forward(x, wb)
+        ctx.kernel = kernel
+        ctx.recompute = recompute
+        ctx.dtypes = (a.dtype, w.dtype)
+        if recompute:
+            ctx.save_for_backward(x, a, w)
+        else:
+            ctx.save_for_backward(x, a, w, wb)
+        return y
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, gy):  # type: ignore[override]
+        if ctx.recompute:
+            x, a, w = ctx.saved_tensors
+            wb = aggregate(a.to(x.dtype), w.to(x.dtype))
+        else:
+            x, a, w, wb = ctx.saved_tensors
+        need_x, need_a, need_w = ctx.needs_input_grad[:3]
+        gx, gwb = ctx.kernel.backward(x, wb, gy.to(x.dtype), need_x, need_a or need_w)
+        ga = gw = None
+        if gwb is not None:
+            m, b = w.shape[0], a.shape[0]
+            gflat = gwb.reshape(b, -1)
+            if need_a:
+                ga = (gflat @ w.to(x.dtype).reshape(m, -1).t()).to(ctx.dtypes[0])
+            if need_w:
+                gw = (a.to(x.dtype).t() @ gflat).view(w.shape).to(ctx.dtypes[1])
+        return gx, ga, gw, None, None
+
+
+def per_sample(
+    x: torch.Tensor, a: torch.Tensor, w: torch.Tensor, kernel: Kernel, recompute: bool = True
+) -> torch.Tensor:
+    """Apply per-sample aggregated weights (see :class:`AggregatedPerSample`)."""
+    return AggregatedPerSample.apply(x, a, w, kernel, recompute)
+
+
