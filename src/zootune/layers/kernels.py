@@ -227,15 +227,18 @@ def _time_kernel(kernel: Kernel, x: torch.Tensor, w: torch.Tensor, repeats: int 
     return best
 
 
-def choose_conv_kernel(spec: ConvSpec, x: torch.Tensor, w: torch.Tensor) -> str:
+def choose_conv_kernel(
+    spec: ConvSpec, x: torch.Tensor, weight_shape: tuple[int, ...]
+) -> str:
     """Time ``grouped`` and ``loop`` once for this shape and remember the faster one.
 
-    The key holds everything that changes which is faster: shapes, hyper-parameters, dtype,
-    device and memory format. The timing runs outside autograd on random data of the real shape.
+    ``weight_shape`` is the per-sample weight's (B, C_out, C_in/groups, kH, kW). The key holds
+    everything that changes which is faster: shapes, hyper-parameters, dtype, device and memory
+    format. The timing runs outside autograd on random data of the real shape.
     """
     key = (
         tuple(x.shape),
-        tuple(w.shape),
+        tuple(weight_shape),
         spec,
         x.dtype,
         x.device.type,
@@ -244,7 +247,8 @@ def choose_conv_kernel(spec: ConvSpec, x: torch.Tensor, w: torch.Tensor) -> str:
     choice = _CHOICES.get(key)
     if choice is None:
         with torch.no_grad():
-            xs, ws = torch.randn_like(x), torch.randn_like(w)
+            xs = torch.randn_like(x)
+            ws = torch.randn(weight_shape, dtype=x.dtype, device=x.device)
             times = {k.name: _time_kernel(k, xs, ws) for k in (GroupedConv(spec), LoopConv(spec))}
         choice = min(times, key=times.get)
         _CHOICES[key] = choice
@@ -256,12 +260,17 @@ def kernel_choices() -> dict[tuple, str]:
     return dict(_CHOICES)
 
 
-def conv_kernel(name: str, spec: ConvSpec, kernel_size: tuple[int, int], x, w) -> Kernel:
-    """The kernel object for a per-sample convolution; ``name`` is one of ``CONV_KERNELS``."""
-    if spec.is_pointwise(kernel_size):
+def conv_kernel(
+    name: str, spec: ConvSpec, x: torch.Tensor, weight_shape: tuple[int, ...]
+) -> Kernel:
+    """The kernel for a per-sample convolution; ``name`` is one of ``CONV_KERNELS``.
+
+    1x1 convolutions without padding or groups always use the batched matrix product.
+    """
+    if spec.is_pointwise(tuple(weight_shape[-2:])):
         return PointwiseConv(spec)
     if name == "auto":
-        name = choose_conv_kernel(spec, x, w)
+        name = choose_conv_kernel(spec, x, weight_shape)
     if name == "grouped":
         return GroupedConv(spec)
     if name == "loop":

@@ -1,0 +1,27 @@
+"""Building blocks of Zoo-Tuning (torch only): AdaAgg layers, gates, alignment, ensembles.
+
+* :mod:`.adaagg`  — ``AdaAggConv2d`` / ``AdaAggLinear`` (Eq. 2, lite Eq. 4-5)
+* :mod:`.gate`    — gating network ``A_i`` (kinds and initialisations)
+* :mod:`.align`   — channel alignment ``T_i`` (Eq. 1)
+* :mod:`.temporal_ensemble` — ``abar`` of lite mode (Eq. 4)
+* :mod:`.kernels` — exact per-sample convolution / linear kernels and their autograd function
+"""
+
+from .adaagg import AdaAggBase, AdaAggConv2d, AdaAggLinear
+from .align import ChannelAlign
+from .gate import GATE_INITS, GATE_KINDS, Gate
+from .kernels import CONV_KERNELS, kernel_choices
+from .temporal_ensemble import TemporalEnsemble
+
+__all__ = [
+    "AdaAggBase",
+    "AdaAggConv2d",
+    "AdaAggLinear",
+    "ChannelAlign",
+    "Gate",
+    "GATE_KINDS",
+    "GATE_INITS",
+    "CONV_KERNELS",
+    "TemporalEnsemble",
+    "kernel_choices",
+]
