@@ -7,7 +7,9 @@ Transferability in Task Transfer Learning", ICIP 2019, Def. 2):
 
 the between-class covariance of the features measured in units of their total covariance
 (a multi-class Fisher / Rayleigh-quotient criterion; larger is better, at most C - 1). With
-N < D ``cov(f)`` is singular and the pseudo-inverse is used, as in the authors' code.
+N < D ``cov(f)`` is singular and the pseudo-inverse is used, as in the authors' code - but then
+any features in general position separate the classes perfectly and the score saturates at
+C - 1 whatever the model: use the shrinkage form when N is not well above D.
 
 Shrinkage H-score (Ibrahim, Ponomareva & Mazumder, "Newer is not always better: rethinking
 transferability metrics, their peculiarities, stability and performance", ECML-PKDD 2022,

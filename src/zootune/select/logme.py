@@ -102,6 +102,7 @@ def _fixed_point(
     z2 = z * z
     resid0 = (y2 - z2.sum(0)).clamp_min(0)  # part of y outside the column space of F
     tiny = torch.finfo(s2.dtype).tiny
+    s2max, s2min = float(s2.max()), float(s2.min())
     alpha = torch.ones_like(y2)
     beta = torch.ones_like(y2)
 
@@ -116,6 +117,10 @@ def _fixed_point(
         _, gamma, m2, res2 = moments(alpha, beta)
         new_alpha = gamma / m2.clamp_min(tiny)
         new_beta = (n - gamma) / res2.clamp_min(tiny)
+        # A target unrelated to the features drives alpha -> inf (w -> 0); the evidence has a
+        # finite limit there, reached long before alpha / beta exceeds 1e10 * max(s2).
+        new_alpha = torch.minimum(new_alpha, new_beta * s2max * 1e10)
+        new_beta = torch.minimum(new_beta, new_alpha / (s2min * 1e-10))
         done = bool(
             ((new_alpha - alpha).abs() <= tol * new_alpha).all()
             and ((new_beta - beta).abs() <= tol * new_beta).all()
