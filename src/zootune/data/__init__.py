@@ -1,0 +1,49 @@
+"""Target data sets for the trainer.
+
+``build_data(cfg.data, preprocessing)`` returns :class:`DataSplits` for the data set named by
+``cfg.data.name``. Built in: ``digits`` (scikit-learn's handwritten digits, real data, no
+download) and ``image_folder`` (one sub-folder per class). Other modules add theirs with
+:func:`register_dataset` (e.g. the demo's procedural glyph domains).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping
+
+from zootune.data.base import DataError, DataSplits, TransformedDataset
+
+DatasetBuilder = Callable[[Any, "Mapping[str, Any] | None"], DataSplits]
+
+_REGISTRY: dict[str, str | DatasetBuilder] = {
+    "digits": "zootune.data.digits:build_digits",
+    "image_folder": "zootune.data.image_folder:build_image_folder",
+}
+
+
+def register_dataset(name: str, builder: DatasetBuilder | str) -> None:
+    """Make ``data.name: NAME`` build with ``builder(cfg_data, preprocessing) -> DataSplits``."""
+    _REGISTRY[name] = builder
+
+
+def dataset_names() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def build_data(cfg_data: Any, preprocessing: Mapping[str, Any] | None = None) -> DataSplits:
+    """Build the splits named by ``cfg_data.name`` (a :class:`zootune.config.DataConfig`)."""
+    entry = _REGISTRY.get(cfg_data.name)
+    if entry is None:
+        raise DataError(f"unknown data set {cfg_data.name!r}; valid: {', '.join(dataset_names())}")
+    if isinstance(entry, str):
+        import importlib
+
+        mod, _, fn = entry.partition(":")
+        try:
+            entry = getattr(importlib.import_module(mod), fn)
+        except (ImportError, AttributeError):
+            raise DataError(f"data set {cfg_data.name!r} is not available ({mod} is missing)") from None
+    return entry(cfg_data, preprocessing)
+
+
+__all__ = ["DataError", "DataSplits", "TransformedDataset", "build_data", "register_dataset",
+           "dataset_names"]
