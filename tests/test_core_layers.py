@@ -1,0 +1,290 @@
+"""AdaAgg layers against a straightforward per-sample loop (Eq. 1-2), forward and gradients."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from zootune.layers import AdaAggConv2d, AdaAggLinear, TemporalEnsemble
+from zootune.layers.kernels import kernel_choices
+
+M = 3
+
+
+def _sources(factory, m=M, seed=0):
+    torch.manual_seed(seed)
+    return [factory().double() for _ in range(m)]
+
+
+def _naive_conv(layer: AdaAggConv2d, src: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    """Sample by sample: gates, W_b = sum_i a_bi T_i W_i, then one ordinary conv of the source."""
+    outs = []
+    T = layer.align.matrices() if layer.align is not None else None
+    for b in range(x.shape[0]):
+        xb = x[b : b + 1]
+        a = layer.gate(xb.mean(dim=(2, 3)))[0]
+        wb = 0
+        bb = 0
+        for i in range(layer.num_sources):
+            w_i = layer.weight[i]
+            b_i = layer.bias[i] if layer.bias is not None else None
+            if T is not None:
+                w_i = torch.einsum("oc,c...->o...", T[i], w_i)
+                b_i = T[i] @ b_i if b_i is not None else None
+            wb = wb + a[i] * w_i
+            if b_i is not None:
+                bb = bb + a[i] * b_i
+        plain = copy.deepcopy(src)
+        del plain.weight
+        plain.weight = wb
+        if layer.bias is not None:
+            del plain.bias
+            plain.bias = bb
+        outs.append(plain(xb))
+    return torch.cat(outs)
+
+
+def _naive_linear(layer: AdaAggLinear, x: torch.Tensor) -> torch.Tensor:
+    outs = []
+    T = layer.align.matrices() if layer.align is not None else None
+    for b in range(x.shape[0]):
+        xb = x[b]
+        pooled = xb.reshape(-1, xb.shape[-1]).mean(0, keepdim=True)
+        a = layer.gate(pooled)[0]
+        wb, bb = 0, 0
+        for i in range(layer.num_sources):
+            w_i, b_i = layer.weight[i], layer.bias[i] if layer.bias is not None else None
+            if T is not None:
+                w_i = T[i] @ w_i
+                b_i = T[i] @ b_i if b_i is not None else None
+            wb = wb + a[i] * w_i
+            bb = bb + a[i] * b_i if b_i is not None else bb
+        outs.append(F.linear(xb, wb, bb if layer.bias is not None else None))
+    return torch.stack(outs)
+
+
+def _grads(module, x, out):
+    module.zero_grad()
+    if x.grad is not None:
+        x.grad = None
+    weights = torch.randn(out.shape, dtype=out.dtype, generator=torch.Generator().manual_seed(123))
+    (out * weights).sum().backward()
+    g = {n: p.grad.clone() for n, p in module.named_parameters() if p.grad is not None}
+    g["<input>"] = x.grad.clone()
+    return g
+
+
+CONV_CASES = [
+    dict(in_channels=4, out_channels=6, kernel_size=3, padding=1),
+    dict(in_channels=4, out_channels=6, kernel_size=3, stride=2, padding=1, bias=False),
+    dict(in_channels=4, out_channels=8, kernel_size=(3, 5), padding=(1, 2), dilation=(2, 1)),
+    dict(in_channels=4, out_channels=6, kernel_size=1),
+    dict(in_channels=4, out_channels=6, kernel_size=1, stride=2, bias=False),
+    dict(in_channels=4, out_channels=6, kernel_size=3, groups=2, padding=1),
+    dict(in_channels=6, out_channels=6, kernel_size=3, groups=6, padding=1),  # depthwise
+    dict(in_channels=4, out_channels=5, kernel_size=3, padding="same", dilation=2),
+    dict(in_channels=4, out_channels=5, kernel_size=4, padding="same"),  # asymmetric 'same'
+    dict(in_channels=4, out_channels=5, kernel_size=3, padding=1, padding_mode="reflect"),
+    dict(in_channels=4, out_channels=4, kernel_size=7, stride=2, padding=3),
+]
+
+
+@pytest.mark.parametrize("cfg", CONV_CASES, ids=lambda c: ",".join(f"{k}={v}" for k, v in c.items()))
+@pytest.mark.parametrize("kernel", ["grouped", "loop"])
+@pytest.mark.parametrize("recompute", [True, False])
+def test_conv_matches_naive_loop(cfg, kernel, recompute):
+    srcs = _sources(lambda: nn.Conv2d(**cfg))
+    layer = AdaAggConv2d(
+        srcs, kernel=kernel, align=True, lite=False, gate="sigmoid", gate_init="default",
+        gate_hidden=3, te_momentum=0.9, recompute=recompute,
+    )
+    with torch.no_grad():  # a non-identity alignment, so T matters in the comparison
+        layer.align.delta.normal_(0, 0.1)
+    layer.train()
+    x = torch.randn(5, cfg["in_channels"], 9, 11, dtype=torch.float64, requires_grad=True)
+    out = layer(x)
+    g_fast = _grads(layer, x, out)
+    ref = _naive_conv(layer, srcs[0], x)
+    g_ref = _grads(layer, x, ref)
+    torch.testing.assert_close(out, ref)
+    assert g_fast.keys() == g_ref.keys()
+    for n in g_ref:
+        torch.testing.assert_close(g_fast[n], g_ref[n], msg=f"gradient of {n}")
+
+
+@pytest.mark.parametrize("shape", [(5, 7), (5, 3, 7), (2, 3, 4, 7)])
+@pytest.mark.parametrize("bias", [True, False])
+def test_linear_matches_naive_loop_any_rank(shape, bias):
+    srcs = _sources(lambda: nn.Linear(7, 6, bias=bias))
+    layer = AdaAggLinear(
+        srcs, align=True, lite=False, gate="sigmoid", gate_init="default", gate_hidden=4,
+        te_momentum=0.9, recompute=True,
+    )
+    with torch.no_grad():
+        layer.align.delta.normal_(0, 0.1)
+    x = torch.randn(*shape, dtype=torch.float64, requires_grad=True)
+    out = layer(x)
+    g_fast = _grads(layer, x, out)
+    ref = _naive_linear(layer, x)
+    g_ref = _grads(layer, x, ref)
+    torch.testing.assert_close(out, ref)
+    for n in g_ref:
+        torch.testing.assert_close(g_fast[n], g_ref[n], msg=f"gradient of {n}")
+
+
+def test_auto_kernel_is_exact_and_remembered():
+    srcs = _sources(lambda: nn.Conv2d(3, 4, 3, padding=1))
+    kw = dict(align=False, lite=False, gate="normalized", gate_init="default", gate_hidden=None,
+              te_momentum=0.9, recompute=True)
+    auto = AdaAggConv2d(srcs, kernel="auto", **kw)
+    grouped = AdaAggConv2d(srcs, kernel="grouped", **kw)
+    grouped.load_state_dict(auto.state_dict())
+    x = torch.randn(3, 3, 8, 8, dtype=torch.float64)
+    before = len(kernel_choices())
+    torch.testing.assert_close(auto(x), grouped(x))
+    assert len(kernel_choices()) == before + 1
+    assert set(kernel_choices().values()) <= {"grouped", "loop"}
+
+
+def test_gradients_reach_every_source_alignment_and_gate():
+    srcs = _sources(lambda: nn.Conv2d(3, 4, 3, padding=1, bias=True))
+    layer = AdaAggConv2d(srcs, kernel="grouped", align=True, lite=False, gate="sigmoid",
+                         gate_init="default", gate_hidden=None, te_momentum=0.9, recompute=True)
+    x = torch.randn(4, 3, 6, 6, dtype=torch.float64)
+    (layer(x) ** 2).sum().backward()
+    for i in range(M):
+        assert layer.weight.grad[i].abs().sum() > 0, f"no gradient for W_{i}"
+        assert layer.bias.grad[i].abs().sum() > 0, f"no gradient for bias_{i}"
+        assert layer.align.delta.grad[i].abs().sum() > 0, f"no gradient for T_{i}"
+    for n, p in layer.gate.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, f"no gradient for gate.{n}"
+
+
+def test_uniform_gate_init_starts_equal_and_learns():
+    srcs = _sources(lambda: nn.Conv2d(3, 4, 3, padding=1))
+    layer = AdaAggConv2d(srcs, kernel="grouped", align=False, lite=False, gate="normalized",
+                         gate_init="uniform", gate_hidden=None, te_momentum=0.9, recompute=True)
+    x = torch.randn(6, 3, 6, 6, dtype=torch.float64)
+    a = layer.gate(x.mean(dim=(2, 3)))
+    torch.testing.assert_close(a, torch.full_like(a, 1 / M))
+    opt = torch.optim.SGD(layer.parameters(), lr=0.5)
+    for _ in range(3):
+        opt.zero_grad()
+        (layer(x) ** 2).mean().backward()
+        opt.step()
+    a = layer.gate(x.mean(dim=(2, 3)))
+    assert a.std(dim=0).max() > 0, "gates should become input-dependent after training"
+    torch.testing.assert_close(a.sum(-1), torch.ones(6, dtype=a.dtype))
+
+
+def test_sigmoid_gate_scale_is_half_per_source_at_uniform_init():
+    srcs = _sources(lambda: nn.Linear(5, 3))
+    layer = AdaAggLinear(srcs, align=False, lite=False, gate="sigmoid", gate_init="uniform",
+                         gate_hidden=None, te_momentum=0.9, recompute=True)
+    x = torch.randn(4, 5, dtype=torch.float64)
+    w = sum(s.weight for s in srcs) * 0.5
+    b = sum(s.bias for s in srcs) * 0.5
+    torch.testing.assert_close(layer(x), F.linear(x, w, b))
+
+
+def test_kaiming_gate_init_varies_between_inputs():
+    srcs = _sources(lambda: nn.Conv2d(16, 4, 3))
+    layer = AdaAggConv2d(srcs, kernel="grouped", align=False, lite=False, gate="sigmoid",
+                         gate_init="kaiming", gate_hidden=None, te_momentum=0.9, recompute=True)
+    a = layer.gate(torch.randn(32, 16, dtype=torch.float64))
+    assert a.std(dim=0).mean() > 0.05
+
+
+def test_lite_training_uses_batch_mean_gate_and_one_merged_kernel():
+    srcs = _sources(lambda: nn.Conv2d(3, 4, 3, padding=1))
+    layer = AdaAggConv2d(srcs, kernel="grouped", align=True, lite=True, gate="sigmoid",
+                         gate_init="default", gate_hidden=None, te_momentum=0.9, recompute=True)
+    with torch.no_grad():
+        layer.align.delta.normal_(0, 0.1)
+    layer.train()
+    x = torch.randn(5, 3, 6, 6, dtype=torch.float64)
+    calls = []
+    orig = F.conv2d
+
+    def spy(inp, weight, *args, **kwargs):
+        calls.append(tuple(weight.shape))
+        return orig(inp, weight, *args, **kwargs)
+
+    F.conv2d = spy
+    try:
+        out = layer(x)
+    finally:
+        F.conv2d = orig
+    assert calls == [(4, 3, 3, 3)], "lite training must run one ordinary convolution"
+    a_mean = layer.gate(x.mean(dim=(2, 3))).mean(0)
+    T = layer.align.matrices()
+    w = sum(a_mean[i] * torch.einsum("oc,c...->o...", T[i], layer.weight[i]) for i in range(M))
+    b = sum(a_mean[i] * T[i] @ layer.bias[i] for i in range(M))
+    torch.testing.assert_close(out, F.conv2d(x, w, b, padding=1))
+    # first update of the bias-corrected ensemble equals the first batch mean
+    torch.testing.assert_close(layer.gate_value(), a_mean.detach())
+
+
+def test_temporal_ensemble_math_and_no_autograd_history():
+    te = TemporalEnsemble(3, momentum=0.9).double()
+    prior = torch.tensor([0.2, 0.3, 0.5], dtype=torch.float64)
+    torch.testing.assert_close(te.value(prior), prior)  # before any update: the prior
+    means = [torch.rand(3, dtype=torch.float64, requires_grad=True) for _ in range(4)]
+    for v in means:
+        te.update(v * 2)  # an expression with autograd history
+    acc = torch.zeros(3, dtype=torch.float64)
+    for v in means:
+        acc = 0.9 * acc + 0.1 * (v.detach() * 2)
+    torch.testing.assert_close(te.value(), acc / (1 - 0.9**4))
+    # bias-corrected value is a weighted average: constant inputs give that constant
+    te2 = TemporalEnsemble(2, momentum=0.9)
+    for _ in range(3):
+        te2.update(torch.tensor([0.25, 0.75]))
+    torch.testing.assert_close(te2.value(), torch.tensor([0.25, 0.75]))
+    assert te.accumulator.grad_fn is None and not te.accumulator.requires_grad
+
+
+def test_lite_layer_keeps_no_graph_and_deepcopies_after_training():
+    srcs = _sources(lambda: nn.Conv2d(3, 4, 3, padding=1))
+    layer = AdaAggConv2d(srcs, kernel="grouped", align=True, lite=True, gate="normalized",
+                         gate_init="default", gate_hidden=None, te_momentum=0.9, recompute=True)
+    opt = torch.optim.SGD(layer.parameters(), lr=0.1)
+    for _ in range(3):
+        opt.zero_grad()
+        layer(torch.randn(4, 3, 6, 6, dtype=torch.float64)).sum().backward()
+        opt.step()
+    assert layer.te.accumulator.grad_fn is None
+    assert int(layer.te.steps) == 3
+    clone = copy.deepcopy(layer)
+    clone.eval()
+    layer.eval()
+    x = torch.randn(2, 3, 6, 6, dtype=torch.float64)
+    torch.testing.assert_close(clone(x), layer(x))
+
+
+def test_eval_cache_follows_parameter_updates():
+    srcs = _sources(lambda: nn.Conv2d(3, 4, 3, padding=1))
+    layer = AdaAggConv2d(srcs, kernel="grouped", align=True, lite=False, gate="normalized",
+                         gate_init="default", gate_hidden=None, te_momentum=0.9, recompute=True)
+    layer.eval()
+    x = torch.randn(2, 3, 6, 6, dtype=torch.float64)
+    with torch.no_grad():
+        y1 = layer(x)
+        assert layer._cache is not None
+        layer.align.delta.add_(0.1)  # in-place change: the cache must notice
+        y2 = layer(x)
+    y_ref = layer(x)  # autograd on: no cache
+    torch.testing.assert_close(y2, y_ref)
+    assert not torch.allclose(y1, y2)
+
+
+def test_bad_input_shape_is_a_clear_error():
+    srcs = _sources(lambda: nn.Conv2d(3, 4, 3))
+    layer = AdaAggConv2d(srcs, kernel="grouped", align=False, lite=False, gate="normalized",
+                         gate_init="uniform", gate_hidden=None, te_momentum=0.9, recompute=True)
+    with pytest.raises(ValueError, match=r"expects input \(B, 3, H, W\)"):
+        layer(torch.randn(2, 5, 8, 8, dtype=torch.float64))
