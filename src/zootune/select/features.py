@@ -170,7 +170,14 @@ def data_fingerprint(data: Data, indices: np.ndarray) -> str:
             arr = part.detach().cpu().numpy() if isinstance(part, torch.Tensor) else np.asarray(part)
             h.update(np.ascontiguousarray(arr[indices]).tobytes())
         return h.hexdigest()
+    if hasattr(data, "base") and hasattr(data, "indices"):  # a subset view with a transform
+        h.update(repr(getattr(data, "transform", None)).encode())
+        h.update(data_fingerprint(data.base, np.asarray(data.indices)[indices]).encode())
+        return h.hexdigest()
     samples = getattr(data, "samples", None) or getattr(data, "imgs", None)
+    files = getattr(data, "files", None)
+    if samples is None and files is not None and hasattr(data, "targets"):
+        samples = list(zip(files, data.targets))
     if samples is not None:
         for i in indices:
             path, label = samples[int(i)][:2]
