@@ -1,0 +1,77 @@
+"""Named zoos: a preset expands to a list of member specs.
+
+``paper-resnet50`` -- the five ResNet-50s of Zoo-Tuning §4.2 (Shu et al., ICML 2021). The paper
+says only "supervised ImageNet, MoCo, Mask R-CNN, DeepLabV3 and Keypoint R-CNN ... found in
+torchvision or the original implementation"; the authors' public code (github.com/thuml/
+Zoo-Tuning, ``module/backbone.py``) names the exact files, and this preset uses the same ones:
+
+============  ============================================================================
+member        published weights
+============  ============================================================================
+imagenet      torchvision ``ResNet50_Weights.IMAGENET1K_V1`` (top-1 76.13), file
+              ``resnet50-0676ba61.pth`` -- the same weights torchvision first published as
+              ``resnet50-19c8e357.pth``, which the authors' code loads.
+moco          MoCo v1, 200 epochs on ImageNet-1k without labels (He et al., CVPR 2020), from
+              the authors' repository github.com/facebookresearch/moco: ``https://dl.
+              fbaipublicfiles.com/moco/moco_checkpoints/moco_v1_200ep/moco_v1_200ep_pretrain.
+              pth.tar``. The query encoder (``module.encoder_q.``) is used; its 128-d
+              projection ``fc`` is a head. Not on torchvision or timm, hence a ``url:`` spec.
+maskrcnn      trunk of torchvision ``MaskRCNN_ResNet50_FPN_Weights.COCO_V1``
+              (``maskrcnn_resnet50_fpn_coco-bf2d0c1e.pth``; COCO 2017, box AP 37.9)
+deeplabv3     trunk of torchvision ``DeepLabV3_ResNet50_Weights.COCO_WITH_VOC_LABELS_V1``
+              (``deeplabv3_resnet50_coco-cd0a2569.pth``; COCO 2017 subset, VOC classes)
+keypointrcnn  trunk of torchvision ``KeypointRCNN_ResNet50_FPN_Weights.COCO_V1``
+              (``keypointrcnn_resnet50_fpn_coco-fc266e95.pth``; COCO 2017 person keypoints)
+============  ============================================================================
+
+The three COCO models were trained by torchvision from ``IMAGENET1K_V1``, so four of the five
+share one initialisation; MoCo was trained from scratch, so ``zootune zoo inspect`` reports it
+as unrelated to the others (see :mod:`zootune.zoo.relatedness`). All five heads differ (1000
+classes, 128-d MoCo projection, none for the three trunks): load the preset with
+``strip_heads=True``. To use it offline, put the five files above in a directory and pass
+``checkpoint_dir=`` (or set ``ZOOTUNE_CHECKPOINT_DIR``).
+
+``paper-resnet50-mocov2`` is the same zoo with MoCo v2 (800 epochs) in place of MoCo v1.
+"""
+
+from __future__ import annotations
+
+MOCO_V1_URL = (
+    "https://dl.fbaipublicfiles.com/moco/moco_checkpoints/moco_v1_200ep/"
+    "moco_v1_200ep_pretrain.pth.tar"
+)
+MOCO_V2_URL = (
+    "https://dl.fbaipublicfiles.com/moco/moco_checkpoints/moco_v2_800ep/"
+    "moco_v2_800ep_pretrain.pth.tar"
+)
+
+_PAPER = [
+    ("imagenet", "torchvision:resnet50:IMAGENET1K_V1"),
+    ("moco", f"url:{MOCO_V1_URL} arch=torchvision:resnet50"),
+    ("maskrcnn", "torchvision-backbone:maskrcnn_resnet50_fpn:COCO_V1"),
+    ("deeplabv3", "torchvision-backbone:deeplabv3_resnet50:COCO_WITH_VOC_LABELS_V1"),
+    ("keypointrcnn", "torchvision-backbone:keypointrcnn_resnet50_fpn:COCO_V1"),
+]
+
+PRESETS: dict[str, list[tuple[str, str]]] = {
+    "paper-resnet50": _PAPER,
+    "paper-resnet50-mocov2": [
+        (n, f"url:{MOCO_V2_URL} arch=torchvision:resnet50" if n == "moco" else s)
+        for n, s in _PAPER
+    ],
+}
+
+# What each preset needs from the caller to form one zoo.
+PRESET_DEFAULTS: dict[str, dict[str, object]] = {
+    "paper-resnet50": {"strip_heads": True},
+    "paper-resnet50-mocov2": {"strip_heads": True},
+}
+
+
+def preset_names() -> list[str]:
+    return sorted(PRESETS)
+
+
+def expand_preset(name: str) -> list[tuple[str, str]] | None:
+    """``[(member name, spec), ...]`` for a preset name (``_`` and ``-`` both accepted)."""
+    return PRESETS.get(name.strip().replace("_", "-").lower())
