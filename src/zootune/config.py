@@ -57,6 +57,10 @@ class ZooConfig(_Section):
     random_sources: int | None = Field(default=None, ge=1)
     seed: int = 0
     strict: bool = True
+    # passed to zootune.zoo.load_zoo with ``spec``
+    strip_heads: bool | None = None
+    offline: bool | None = None
+    checkpoint_dir: str | None = None
 
 
 class ZooTuneConfig(_Section):

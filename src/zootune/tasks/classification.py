@@ -46,6 +46,36 @@ def _last_linear(model: nn.Module, prefix: str = "") -> str | None:
     return last
 
 
+def _identity_head(model: nn.Module, head: str | None) -> str | None:
+    """Name of a head that was stripped to ``nn.Identity`` (e.g. ``load_zoo(strip_heads=True)``)."""
+    for name in ([head] if head else list(_HEAD_ATTRS)):
+        try:
+            m = model.get_submodule(name)
+        except AttributeError:
+            continue
+        if isinstance(m, nn.Identity):
+            return name
+    return None
+
+
+def _infer_in_features(model: nn.Module, name: str, example: torch.Tensor) -> int:
+    """Width of the features entering module ``name`` (one forward pass of ``example``)."""
+    seen: list[int] = []
+    hook = model.get_submodule(name).register_forward_hook(
+        lambda mod, inp, out: seen.append(int(inp[0].shape[-1])))
+    was = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(example)
+    finally:
+        hook.remove()
+        model.train(was)
+    if not seen:
+        raise HeadError(f"the stripped head {name!r} is not used in the forward pass")
+    return seen[0]
+
+
 def find_classifier(model: nn.Module, head: str | None = None) -> str:
     """Module name of the classifier ``nn.Linear`` of ``model``."""
     if head is not None:
@@ -83,30 +113,45 @@ def find_classifier(model: nn.Module, head: str | None = None) -> str:
 
 
 def attach_head(models: Sequence[nn.Module], num_classes: int, head: str | None = None,
-                seed: int | None = None) -> tuple[list[nn.Module], str]:
+                seed: int | None = None, example: torch.Tensor | None = None
+                ) -> tuple[list[nn.Module], str]:
     """Give every model the same fresh ``nn.Linear`` head; returns ``(models, head_name)``.
 
     The models are modified in place (and returned). ``seed`` makes the head reproducible
-    without touching the global RNG.
+    without touching the global RNG. A head already stripped to ``nn.Identity`` is replaced
+    too; its input width is found with one forward pass of ``example`` (a batch of inputs).
     """
     if not models:
         raise HeadError("no source models to attach a head to")
-    name = find_classifier(models[0], head)
-    old = models[0].get_submodule(name)
-    assert isinstance(old, nn.Linear)
+    stripped = _identity_head(models[0], head)
+    if stripped is not None:
+        if example is None:
+            raise HeadError(f"the source head {stripped!r} was stripped (nn.Identity) and no "
+                            "example input was given to measure its input width")
+        name = stripped
+        in_features = _infer_in_features(models[0], name, example)
+        p0 = next(models[0].parameters())
+        device, dtype = p0.device, p0.dtype
+    else:
+        name = find_classifier(models[0], head)
+        old = models[0].get_submodule(name)
+        assert isinstance(old, nn.Linear)
+        in_features, device, dtype = old.in_features, old.weight.device, old.weight.dtype
     if seed is None:
-        new = nn.Linear(old.in_features, num_classes, bias=True)
+        new = nn.Linear(in_features, num_classes, bias=True)
     else:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            new = nn.Linear(old.in_features, num_classes, bias=True)
-    new = new.to(device=old.weight.device, dtype=old.weight.dtype)
+            new = nn.Linear(in_features, num_classes, bias=True)
+    new = new.to(device=device, dtype=dtype)
     for m in models:
         try:
             this = m.get_submodule(name)
         except AttributeError:
             raise HeadError(f"source {type(m).__name__} has no module {name!r}") from None
-        if not isinstance(this, nn.Linear) or this.in_features != old.in_features:
+        ok = isinstance(this, nn.Identity) if stripped else (
+            isinstance(this, nn.Linear) and this.in_features == in_features)
+        if not ok:
             raise HeadError(f"sources disagree on the classifier {name!r}")
         m.set_submodule(name, copy.deepcopy(new))
         if hasattr(m, "num_classes"):  # timm keeps this attribute in sync with the head
@@ -131,9 +176,12 @@ class ClassificationTask(Task):
         self.label_smoothing = float(label_smoothing)
         self.head_seed = head_seed
         self.head_name = None
+        #: a batch of inputs, needed only when the source heads were stripped to nn.Identity
+        self.example_input: torch.Tensor | None = None
 
     def prepare_zoo(self, models: Sequence[nn.Module]) -> list[nn.Module]:
-        models, self.head_name = attach_head(models, self.num_classes, self.head, self.head_seed)
+        models, self.head_name = attach_head(models, self.num_classes, self.head, self.head_seed,
+                                             example=self.example_input)
         return models
 
     def loss(self, outputs: torch.Tensor, batch: Any) -> torch.Tensor:

@@ -83,15 +83,23 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     return sd
 
 
-def load_zoo_from_config(zc: Any, base_dir: Path | None = None) -> Zoo:
-    """Build the zoo described by a :class:`zootune.config.ZooConfig`."""
+def load_zoo_from_config(zc: Any, base_dir: Path | None = None, pretrained: bool = True) -> Zoo:
+    """Build the zoo described by a :class:`zootune.config.ZooConfig`.
+
+    ``pretrained=False`` builds the same structure without loading source weights (used when a
+    run's own weights are loaded on top, e.g. by ``zootune eval`` / ``export``).
+    """
     if zc.spec is not None:
         try:
             from zootune.zoo import load_zoo  # the zoo module (specs, presets, hub, timm...)
         except ImportError:
             raise ConfigError("zoo.spec needs zootune.zoo.load_zoo, which is not available; "
                               "use zoo.builder + zoo.checkpoints instead") from None
-        loaded = load_zoo(zc.spec)
+        kwargs: dict[str, Any] = {"pretrained": pretrained}
+        for key in ("strip_heads", "offline", "checkpoint_dir"):
+            if getattr(zc, key) is not None:
+                kwargs[key] = getattr(zc, key)
+        loaded = load_zoo(zc.spec, **kwargs)
         models = list(getattr(loaded, "models", loaded))
         names = list(getattr(loaded, "names", None) or zc.names or
                      [f"source{i}" for i in range(len(models))])
@@ -183,15 +191,18 @@ class Run:
                 "classes": self.data.num_classes}
 
 
-def build_run(cfg: Config, base_dir: Path | None = None) -> Run:
+def build_run(cfg: Config, base_dir: Path | None = None, pretrained: bool = True) -> Run:
     """Zoo, data, task and method model of ``cfg`` (seeded: the head is reproducible)."""
     from zootune.data import build_data
     from zootune.tasks import build_task
 
-    zoo = load_zoo_from_config(cfg.zoo, base_dir)
+    zoo = load_zoo_from_config(cfg.zoo, base_dir, pretrained=pretrained)
     data = build_data(cfg.data, zoo.preprocessing)
     task = build_task(cfg.task, data.num_classes)
     if hasattr(task, "head_seed"):
         task.head_seed = cfg.train.seed
+    if hasattr(task, "example_input") and len(data.train):
+        x = data.train[0][0]
+        task.example_input = torch.as_tensor(x).unsqueeze(0).repeat(2, *([1] * x.dim()))
     model = build_method_model(cfg, task, zoo)
     return Run(cfg, model, task, data, zoo)
