@@ -170,15 +170,17 @@ def build_arch(arch: str, num_classes: int | None = None) -> tuple[nn.Module, Pr
     if kind in ("", "torchvision") and name in classification_models():
         tvm = _tv()
         model = tvm.get_model(name, weights=None, **kw)
-        w = _tv_weights(name, None, ZooSpec("torchvision", name, text=arch))
-        pre = (from_torchvision_weights(w, f"torchvision {w} (arch default)") if w is not None
-               else Preprocessing(source="default (ImageNet)"))
+        try:  # the first published weights' recipe (IMAGENET1K_V1: resize 256, crop 224)
+            w = next(iter(tvm.get_model_weights(name)))
+            pre = from_torchvision_weights(w, f"assumed: recipe of torchvision {w}")
+        except (ValueError, KeyError, StopIteration):
+            pre = Preprocessing(source="assumed: ImageNet default")
         return model, pre, f"torchvision:{name}"
     if kind in ("", "timm"):
         timm = _timm()
         if timm.is_model(name):
             model = timm.create_model(name, pretrained=False, **kw)
-            return model, from_timm_model(model, f"timm {name} (arch default)"), f"timm:{name}"
+            return model, from_timm_model(model, f"assumed: timm {name} default"), f"timm:{name}"
     if kind not in ("", "timm", "torchvision"):
         raise ZooSpecError(f"arch={arch!r}: expected NAME, torchvision:NAME or timm:NAME")
     choices = classification_models()

@@ -64,11 +64,12 @@ class KeyMapReport:
         """Several lines: prefix, counts, and dropped keys grouped by module."""
         lines = []
         where = "/".join(self.wrapper)
-        lines.append(
-            f"mapped {self.mapped} tensors"
-            + (f" from wrapper '{where}'" if where else "")
-            + (f" with prefix '{self.prefix}' stripped" if self.prefix else "")
-        )
+        if self.mapped or self.prefix or where:
+            lines.append(
+                f"mapped {self.mapped} tensors"
+                + (f" from wrapper '{where}'" if where else "")
+                + (f" with prefix '{self.prefix}' stripped" if self.prefix else "")
+            )
         if self.filled:
             lines.append(
                 f"filled {len(self.filled)} keys the source has no counterpart for "

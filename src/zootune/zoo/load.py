@@ -194,7 +194,7 @@ def load_zoo(
         strip_heads = bool(defaults.get("strip_heads", False))
     ctx = Context.make(offline, checkpoint_dir)
     models: list[nn.Module] = []
-    names = _unique([p.label for p in parsed])
+    names = unique_names([p.label for p in parsed])
     for p, n in zip(parsed, names):
         models.append(load(p, pretrained, arch=arch, _ctx=ctx, name=n))
     texts: list[str] = []
@@ -233,7 +233,7 @@ def load_zoo(
     return zoo
 
 
-def _unique(labels: Sequence[str]) -> list[str]:
+def unique_names(labels: Sequence[str]) -> list[str]:
     seen: dict[str, int] = {}
     out = []
     for lab in labels:

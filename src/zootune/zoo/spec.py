@@ -27,7 +27,8 @@ may also be given as a mapping ``{"spec": "file:a.pth", "arch": "resnet50", "nam
 from __future__ import annotations
 
 import difflib
-from dataclasses import dataclass, field
+import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -57,7 +58,6 @@ class ZooSpec:
     name: str | None = None
     strict: bool = True
     text: str = ""
-    extra: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def label(self) -> str:
@@ -99,7 +99,7 @@ def parse_spec(spec: str | Mapping[str, Any] | ZooSpec, **overrides: Any) -> Zoo
         data = dict(spec)
         if "spec" not in data:
             raise ZooSpecError(f"zoo spec mapping {data!r} needs a 'spec' key")
-        base = parse_spec(str(data.pop("spec")))
+        base = _parse_text(str(data.pop("spec")))
         unknown = sorted(set(data) - set(OPTIONS))
         if unknown:
             raise ZooSpecError(
@@ -151,19 +151,24 @@ def _parse_text(text: str) -> ZooSpec:
     text = text.strip()
     if not text:
         raise ZooSpecError("empty zoo spec")
-    head, *opts = text.split()
+    # Options are trailing key=value tokens; what precedes them is the target (a file path
+    # may hold spaces).
+    tail = re.search(r"(?:\s+(?:%s)=\S+)*\s*$" % "|".join(OPTIONS), text)
+    head = text[: tail.start()].strip() if tail else text
     options: dict[str, str] = {}
-    for opt in opts:
-        key, eq, value = opt.partition("=")
-        if not eq or not value:
-            raise ZooSpecError(
-                f"zoo spec {text!r}: expected key=value options after the target, got {opt!r}"
-            )
-        if key not in OPTIONS:
+    for opt in (tail.group(0).split() if tail else []):
+        key, _, value = opt.partition("=")
+        options[key] = value
+    if any(c.isspace() for c in head) and not head.startswith("file:"):
+        extra = head.split()[1]
+        key = extra.partition("=")[0]
+        if "=" in extra:
             raise ZooSpecError(
                 f"zoo spec {text!r}: unknown option {key!r}; valid: {', '.join(OPTIONS)}"
             )
-        options[key] = value
+        raise ZooSpecError(
+            f"zoo spec {text!r}: expected key=value options after the target, got {extra!r}"
+        )
     strict = _parse_bool("strict", options["strict"], text) if "strict" in options else True
     kind, colon, rest = head.partition(":")
     if not colon or kind not in KINDS:
