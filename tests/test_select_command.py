@@ -25,7 +25,7 @@ def _cnn(seed: int) -> nn.Module:
 def fake_zoo(monkeypatch):
     loaded = []
 
-    def load_models(specs):
+    def load_models(specs, **kw):
         loaded.append(list(specs))
         return [(f"m{i}", s, _cnn(i)) for i, s in enumerate(specs)]
 
@@ -75,3 +75,28 @@ def test_select_bad_input_is_one_error_line(fake_zoo, tmp_path, capsys):
     assert "unknown score(s) bogus" in capsys.readouterr().err
     assert main(["select", "--zoo", "a", "b", "--data", "digits", "--top-k", "3"]) == 2
     assert "larger than the zoo" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_select_with_real_zoo_specs_from_files(tmp_path, capsys):
+    torchvision = pytest.importorskip("torchvision")
+    from safetensors.torch import save_file
+
+    specs = []
+    for i in range(2):
+        torch.manual_seed(i)
+        m = torchvision.models.resnet18(num_classes=10)
+        path = tmp_path / f"r{i}.safetensors"
+        save_file({k: v.contiguous() for k, v in m.state_dict().items()}, str(path))
+        specs.append(f"file:{path} arch=torchvision:resnet18 name=r{i}")
+    rc = main(["select", "--zoo", *specs, "--data", "digits", "--image-size", "32", "--max-per-class", "3",
+               "--top-k", "1", "--offline", "--out", str(tmp_path / "out")])
+    assert rc == 0, capsys.readouterr().err
+    report = json.loads((tmp_path / "out" / "select.json").read_text())
+    assert set(report["models"]) == {"r0", "r1"}
+    assert report["models"]["r0"]["feature_dim"] == 512 and report["models"]["r0"]["samples"] == 30
+    zoo = yaml.safe_load((tmp_path / "out" / "zoo_top1.yaml").read_text())["zoo"]
+    assert zoo["spec"] == [report["models"][report["order"][0]]["spec"]]
+    from zootune.zoo import load_zoo
+
+    assert len(load_zoo(zoo["spec"], offline=True)) == 1  # what tune will do with it

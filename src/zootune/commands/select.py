@@ -49,11 +49,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--scores", default=None, help="comma-separated subset of scores (default: all)")
     p.add_argument("--max-per-class", type=int, default=50, help="samples per class used (paper: 50)")
     p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--image-size", type=int, default=None,
+                   help="override the input size of the models' preprocessing")
     p.add_argument("--projection", type=int, nargs=2, default=(16, 16), metavar=("K1", "K2"),
                    help="LGC gradient projection (K1*K2 dimensions)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--cache-dir", default=None, help="feature cache (default: OUT/cache, or none)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--offline", action="store_true", help="never download (also ZOOTUNE_OFFLINE=1)")
+    p.add_argument("--checkpoint-dir", default=None, help="directory of pre-downloaded checkpoints")
     p.add_argument("--out", default=None, help="directory for select.json and zoo_top{K}.yaml")
     p.set_defaults(func=run)
 
@@ -61,42 +65,31 @@ def register(sub: argparse._SubParsersAction) -> None:
 # ---------------------------------------------------------------------------------- loading
 
 
-def load_models(specs: list[str]) -> list[tuple[str, str, Any]]:
-    """``[(name, spec, nn.Module)]`` for the given specs, through :mod:`zootune.zoo`."""
-    try:
-        from zootune import zoo
-    except ImportError:  # pragma: no cover - the zoo package is part of zootune
-        from zootune.errors import ZootuneError
+def load_models(specs: list[str], *, offline: bool | None = None,
+                checkpoint_dir: str | None = None) -> list[tuple[str, str, Any]]:
+    """``[(name, spec text, nn.Module)]`` for the given specs / presets, via :mod:`zootune.zoo`.
 
-        raise ZootuneError("zootune.zoo is not available to load zoo specs") from None
-    if hasattr(zoo, "load_zoo"):
-        loaded = zoo.load_zoo(specs)
-        return _named(loaded, specs)
-    if hasattr(zoo, "load"):
-        return _named([zoo.load(s, pretrained=True) for s in specs], specs)
-    from zootune.errors import ZootuneError
+    Members are loaded one by one (a zoo being *ranked* may mix architectures; ``zootune
+    tune`` checks the chosen ones form one zoo). A member whose classification head is not in
+    its checkpoint (e.g. a detection backbone) has the random head stripped, so it gives
+    features only and LEEP/NCE are skipped for it instead of scoring a random head.
+    """
+    from zootune.zoo import load
+    from zootune.zoo.load import expand_specs, strip_head, unique_names
 
-    raise ZootuneError("zootune.zoo.load is not available yet; cannot load zoo specs")
-
-
-def _named(loaded: Any, specs: list[str]) -> list[tuple[str, str, Any]]:
-    models = getattr(loaded, "models", loaded)
-    names = getattr(loaded, "names", None)
-    specs_out = getattr(loaded, "specs", None)
-    models = list(models.values()) if isinstance(models, dict) else list(models)
-    if names is None:
-        names = [getattr(m, "zoo_name", None) or _short(s) for m, s in zip(models, specs)]
-    if specs_out is None or len(specs_out) != len(models):
-        specs_out = specs if len(specs) == len(models) else [str(n) for n in names]
-    return [(str(n), str(getattr(s, "text", s) or s), m) for n, s, m in zip(names, specs_out, models)]
+    parsed, _ = expand_specs(specs)
+    names = unique_names([p.label for p in parsed])
+    out = []
+    for p, n in zip(parsed, names):
+        model = load(p, pretrained=True, offline=offline, checkpoint_dir=checkpoint_dir, name=n)
+        report = getattr(model, "zootune_load_report", None)
+        if report is not None and getattr(report, "head_missing", False):
+            strip_head(model)
+        out.append((n, getattr(model, "zootune_spec", p.text), model))
+    return out
 
 
-def _short(spec: str) -> str:
-    tail = str(spec).split()[0].rsplit("/", 1)[-1].rsplit(":", 1)[-1]
-    return tail.rsplit(".", 1)[0] if "." in tail else tail
-
-
-def build_splits(data: str, preprocessing: Any, seed: int):
+def build_splits(data: str, preprocessing: Any, seed: int, image_size: int | None = None):
     """Train split of ``data`` (no augmentation) under ``preprocessing``, via :mod:`zootune.data`."""
     from pathlib import Path
 
@@ -104,9 +97,10 @@ def build_splits(data: str, preprocessing: Any, seed: int):
     from zootune.data import build_data, dataset_names
 
     if Path(data).expanduser().is_dir():
-        cfg = DataConfig(name="image_folder", root=str(data), augment=False, seed=seed)
+        cfg = DataConfig(name="image_folder", root=str(data), augment=False, seed=seed,
+                         image_size=image_size)
     elif data in dataset_names():
-        cfg = DataConfig(name=data, augment=False, seed=seed)
+        cfg = DataConfig(name=data, augment=False, seed=seed, image_size=image_size)
     else:
         from zootune.errors import ZootuneError
 
@@ -157,7 +151,8 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else None
     cache_dir = args.cache_dir or (str(out / "cache") if out else None)
 
-    models = load_models(list(args.zoo))
+    models = load_models(list(args.zoo), offline=True if args.offline else None,
+                         checkpoint_dir=args.checkpoint_dir)
     if args.top_k is not None and args.top_k > len(models):
         raise ZootuneError(f"--top-k {args.top_k} is larger than the zoo ({len(models)} models)")
 
@@ -169,9 +164,9 @@ def run(args: argparse.Namespace) -> int:
         pre = _preprocessing(model)
         key = _pre_key(pre)
         if key not in splits_by_pre:
-            splits_by_pre[key] = build_splits(args.data, pre, args.seed).train
+            splits_by_pre[key] = build_splits(args.data, pre, args.seed, args.image_size).train
             if args.source_data and "domain_similarity" in scores:
-                source_by_pre[key] = build_splits(args.source_data, pre, args.seed).train
+                source_by_pre[key] = build_splits(args.source_data, pre, args.seed, args.image_size).train
         train = splits_by_pre[key]
         labels = dataset_labels(train)
         idx = cap_per_class(labels, args.max_per_class, seed=args.seed)

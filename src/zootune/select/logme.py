@@ -163,11 +163,12 @@ def logme_reference(
     out = []
     for k in range(y_all.shape[1]):
         y = y_all[:, k]
+        uy = u.T @ y
         alpha, beta = 1.0, 1.0
         for _ in range(max_iter):
             t = alpha + beta * sigma
             gamma = float((beta * sigma / t).sum())
-            m = vt.T @ ((beta * s / t) * (u.T @ y))
+            m = vt.T @ ((beta * s / t) * uy)
             res = f @ m - y
             new_alpha = gamma / float(m @ m)
             new_beta = (n - gamma) / float(res @ res)
@@ -176,7 +177,7 @@ def logme_reference(
             if done:
                 break
         t = alpha + beta * sigma
-        m = vt.T @ ((beta * s / t) * (u.T @ y))
+        m = vt.T @ ((beta * s / t) * uy)
         res = f @ m - y
         logdet = np.log(t).sum() + (d - len(sigma)) * np.log(alpha)
         ev = (
