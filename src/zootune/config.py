@@ -152,6 +152,14 @@ class TrainConfig(_Section):
     tensorboard: bool = True
     threads: int | None = Field(default=None, ge=1)
 
+    @field_validator("amp", mode="before")
+    @classmethod
+    def _amp_bool(cls, v: Any) -> Any:
+        # YAML reads a bare ``off`` / ``on`` as a boolean
+        if isinstance(v, bool):
+            return "auto" if v else "off"
+        return v
+
 
 class Config(_Section):
     """A whole run. Every section has defaults; ``preset`` picks a recipe for them."""

@@ -35,6 +35,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
     p.set_defaults(func=run)
+    from zootune.commands._overrides import make_intermixed
+
+    make_intermixed(p)
 
 
 def run(args: argparse.Namespace) -> int:

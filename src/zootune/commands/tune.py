@@ -46,6 +46,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--print-config", action="store_true",
                    help="print the resolved config and exit")
     p.set_defaults(func=run)
+    from zootune.commands._overrides import make_intermixed
+
+    make_intermixed(p)
 
 
 def default_out_dir(cfg, config_path: str) -> Path:

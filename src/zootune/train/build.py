@@ -148,7 +148,12 @@ def load_zoo_from_config(zc: Any, base_dir: Path | None = None, pretrained: bool
 
 
 def build_method_model(cfg: Config, task: Any, zoo: Zoo) -> nn.Module:
-    """Attach the task head to every source and apply the method (see module docstring)."""
+    """Attach the task head to every source and apply the method (see module docstring).
+
+    The global RNG is seeded with ``cfg.train.seed`` first, so new modules (gates, alignment)
+    start the same in every process: a DDP rank, a resumed run and a rerun agree.
+    """
+    torch.manual_seed(cfg.train.seed)
     models = task.prepare_zoo(zoo.models)
     method = cfg.method
     if method == "finetune":
@@ -165,6 +170,10 @@ def build_method_model(cfg: Config, task: Any, zoo: Zoo) -> nn.Module:
     kwargs = dict(layers=zt.layers, exclude=exclude, align=zt.align, lite=zt.lite, rest=zt.rest,
                   gate=zt.gate, gate_init=zt.gate_init, gate_hidden=zt.gate_hidden,
                   te_momentum=zt.te_momentum, kernel=zt.kernel, recompute=zt.recompute)
+    if zt.kernel == "auto" and cfg.train.deterministic:
+        # "auto" times the candidate kernels and keeps the fastest, which may differ between
+        # processes (and their rounding with it): a deterministic run uses one fixed kernel.
+        kwargs["kernel"] = "grouped"
     if method == "zoo_tuning_lite":
         kwargs["lite"] = True
     elif method == "average_aggregation":

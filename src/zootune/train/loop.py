@@ -300,9 +300,18 @@ def _fit(model, task, data, cfg, out, resume, run_info, report, on_log, device, 
     train_model: nn.Module = model
     if info.enabled:
         broadcast = _has_plain_batchnorm(model)  # SyncBN / no BN: buffers already agree
-        train_model = nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None,
-            broadcast_buffers=broadcast)
+        import inspect
+        import warnings
+
+        kw = {}
+        if "forward_sync_buffers" in inspect.signature(nn.parallel.DistributedDataParallel).parameters:
+            kw["forward_sync_buffers"] = broadcast
+        else:
+            kw["broadcast_buffers"] = broadcast
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            train_model = nn.parallel.DistributedDataParallel(
+                model, device_ids=[device.index] if device.type == "cuda" else None, **kw)
 
     sampler = StepBatchSampler(len(data.train), tc.batch_size, seed=tc.seed, start_step=start_step,
                                num_steps=tc.steps, rank=info.rank, world_size=info.world_size)

@@ -1,0 +1,21 @@
+"""Run by the DDP test under torchrun: fit a tiny config, save every rank's final state.
+
+Usage: python -m torch.distributed.run --nproc_per_node=2 tests/ddp_worker.py CONFIG.yaml OUT
+"""
+
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+from zootune.config import load_config
+from zootune.train import build_run, fit
+
+cfg = load_config(sys.argv[1])
+out = Path(sys.argv[2])
+run = build_run(cfg)
+res = fit(run.model, run.task, run.data, cfg, out, run_info=run.info(), report=False)
+rank = int(os.environ.get("RANK", "0"))
+state = {k: v.detach().cpu().clone() for k, v in res.model.state_dict().items()}
+torch.save({"state": state, "metrics": res.metrics}, out / f"rank{rank}.pt")

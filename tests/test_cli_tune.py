@@ -1,0 +1,132 @@
+"""End to end through the CLI: tune -> report/pictures/logs -> eval -> export; methods."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import yaml
+
+from trainer_utils import final_weights, tiny_raw
+from zootune.cli import build_parser, main
+
+
+def _write(tmp_path, raw, name="cfg.yaml"):
+    p = tmp_path / name
+    p.write_text(yaml.safe_dump(raw))
+    return p
+
+
+def test_help_lists_commands_and_options(capsys):
+    text = build_parser().format_help()
+    for cmd in ("tune", "eval", "export"):
+        assert cmd in text
+    with pytest.raises(SystemExit):
+        main(["tune", "--help"])
+    out = capsys.readouterr().out
+    assert "--resume" in out and "key=value" in out and "torchrun" in out
+
+
+def test_tune_eval_export_end_to_end(tmp_path, capsys):
+    raw = tiny_raw(train__tensorboard=True)
+    cfg = _write(tmp_path, raw)
+    out = tmp_path / "run"
+    assert main(["tune", str(cfg), "--out", str(out), "optim.head_lr=0.02"]) == 0
+    for f in ("config.yaml", "metrics.jsonl", "model.safetensors", "result.json", "report.md",
+              "gates.png", "curves.png"):
+        assert (out / f).is_file(), f
+    assert list((out / "tb").glob("events.out.tfevents.*"))
+    assert yaml.safe_load((out / "config.yaml").read_text())["optim"]["head_lr"] == 0.02
+    result = json.loads((out / "result.json").read_text())
+    acc = result["metrics"]["test"]["accuracy"]
+    report = (out / "report.md").read_text()
+    assert f"{100 * acc:.2f}%" in report and "FLOPs" in report and "gates.png" in report
+    events = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert {"train", "val", "test"} <= {e["split"] for e in events}
+    assert all("samples_per_s" in e for e in events if e["split"] == "train")
+    # the same run again refuses to overwrite silently
+    capsys.readouterr()
+    assert main(["tune", str(cfg), "--out", str(out)]) == 2
+    assert "--resume" in capsys.readouterr().err
+
+    assert main(["eval", str(out), "--json"]) == 0
+    ev = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert ev["accuracy"] == pytest.approx(acc) and ev["split"] == "test"
+    assert main(["eval", str(out / "checkpoints" / "step_00000008"), "--split", "val"]) == 0
+    capsys.readouterr()
+
+    exp = tmp_path / "exp" / "digits.safetensors"
+    assert main(["export", str(out), "-o", str(exp)]) == 0
+    assert "0.00e+00" in capsys.readouterr().out
+    card = exp.with_suffix(".md").read_text()
+    assert "lite Zoo-Tuning" in card and "load_state_dict" in card
+    # the exported file is a plain state dict of the source architecture
+    from safetensors.torch import load_file
+
+    from zootune.models import small_cnn
+    from zootune.train.restore import load_run
+
+    plain = small_cnn(**raw["zoo"]["builder_kwargs"])
+    plain.load_state_dict(load_file(str(exp)))
+    run, _ = load_run(out)
+    x = torch.stack([run.data.test[i][0] for i in range(16)])
+    with torch.no_grad():
+        assert torch.allclose(plain.eval()(x), run.model(x), atol=1e-5)
+
+
+def test_average_aggregation_keeps_equal_gates_and_finetune_is_plain(tmp_path, capsys):
+    out = tmp_path / "avg"
+    cfg = _write(tmp_path, tiny_raw(method="average_aggregation",
+                                    zoo__random_sources=3, train__checkpoint_every=0))
+    assert main(["tune", str(cfg), "--out", str(out)]) == 0
+    w = final_weights(out)
+    assert not [k for k in w if "align" in k]  # no alignment
+    from zootune.train.restore import load_run
+
+    run, _ = load_run(out)
+    for g in run.model.gate_values().values():
+        assert torch.allclose(g, torch.full((3,), 1 / 3), atol=1e-6)
+
+    out2 = tmp_path / "ft"
+    cfg2 = _write(tmp_path, tiny_raw(method="finetune", source=1, train__checkpoint_every=0), "ft.yaml")
+    assert main(["tune", str(cfg2), "--out", str(out2)]) == 0
+    w2 = final_weights(out2)
+    assert "fc.weight" in w2 and not [k for k in w2 if "gate" in k]
+    capsys.readouterr()
+    assert main(["export", str(out2), "-o", str(tmp_path / "ft.safetensors")]) == 0
+    assert "single-source" in capsys.readouterr().out
+
+
+def test_per_sample_export_needs_average_gates(tmp_path, capsys):
+    out = tmp_path / "zt"
+    cfg = _write(tmp_path, tiny_raw(method="zoo_tuning", train__steps=4, train__checkpoint_every=0,
+                                    train__eval_every=0))
+    assert main(["tune", str(cfg), "--out", str(out)]) == 0
+    capsys.readouterr()
+    assert main(["export", str(out), "-o", str(tmp_path / "zm.safetensors")]) == 0
+    assert "ZooModel" in capsys.readouterr().out
+    assert main(["export", str(out), "--average-gates", "-o", str(tmp_path / "avg.safetensors")]) == 0
+    assert "approximation" in capsys.readouterr().out
+
+
+def test_missing_zoo_checkpoint_and_missing_data_are_one_line_errors(tmp_path, capsys):
+    raw = tiny_raw()
+    raw["zoo"] = {"builder": "zootune.models:small_cnn", "checkpoints": [str(tmp_path / "gone.safetensors")]}
+    assert main(["tune", str(_write(tmp_path, raw))]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "gone.safetensors" in err and "does not exist" in err and len(err.splitlines()) == 1
+    raw = tiny_raw(data={"name": "image_folder", "root": str(tmp_path / "no_images")})
+    assert main(["tune", str(_write(tmp_path, raw, "d.yaml"))]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "no_images" in err and "does not exist" in err and len(err.splitlines()) == 1
+    # a checkpoint that does not fit the architecture
+    from safetensors.torch import save_file
+
+    save_file({"fc.weight": torch.zeros(3, 3)}, str(tmp_path / "wrong.safetensors"))
+    raw = tiny_raw()
+    raw["zoo"] = {"builder": "zootune.models:small_cnn",
+                  "checkpoints": [str(tmp_path / "wrong.safetensors")] * 2}
+    assert main(["tune", str(_write(tmp_path, raw, "w.yaml"))]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "does not fit" in err and len(err.splitlines()) == 1
