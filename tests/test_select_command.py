@@ -33,6 +33,7 @@ def fake_zoo(monkeypatch):
     return loaded
 
 
+@pytest.mark.slow
 def test_select_ranks_writes_json_and_top_k_zoo(fake_zoo, tmp_path, capsys):
     specs = ["file:a.safetensors arch=x", "file:b.safetensors arch=x", "file:c.safetensors arch=x"]
     rc = main(["select", "--zoo", *specs, "--data", "digits", "--max-per-class", "8",
