@@ -92,3 +92,15 @@ def test_cli_config_errors_are_one_line_without_traceback(tmp_path, capsys):
 
     assert main(["tune", str(tmp_path / "missing.yaml")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_example_configs_validate():
+    from pathlib import Path
+
+    configs = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+    assert {p.name for p in configs} >= {"digits_tiny.yaml", "paper_classification.yaml"}
+    for p in configs:
+        cfg = load_config(p)
+        assert cfg.name
+    paper = load_config(configs[[p.name for p in configs].index("paper_classification.yaml")])
+    assert paper.method == "zoo_tuning" and paper.train.batch_size == 48 and paper.optim.lr == 0.01

@@ -118,6 +118,7 @@ def write_report(out_dir: str | Path, result: Any, cfg: Any, *, task: Any = None
         lines.append(f"| zoo spec | `{cfg.zoo.spec}` |")
     elif cfg.zoo.builder:
         lines.append(f"| architecture | `{cfg.zoo.builder}` |")
+    zoo_warnings = (info.get("zoo_info") or {}).get("warnings") or []
     d = info.get("data") or (data.info if data is not None else {})
     if d:
         lines.append(f"| data | {d.get('name', cfg.data.name)}: train {d.get('train', '?')}, "
@@ -130,6 +131,10 @@ def write_report(out_dir: str | Path, result: Any, cfg: Any, *, task: Any = None
     lines.append(f"| weights selected | {cfg.train.select}"
                  + (f" (best val at step {result.best_step})" if result.best_step is not None else "") + " |")
     lines.append("")
+    if zoo_warnings:
+        lines.append("**Zoo warnings**:\n")
+        lines += [f"- {w}" for w in zoo_warnings]
+        lines.append("")
 
     lines.append("## Results\n")
     metric_names = sorted({k for m in result.metrics.values() for k in m})

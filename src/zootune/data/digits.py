@@ -8,6 +8,9 @@ class (the few-label regime where a zoo helps most). Images are float tensors (1
 
 from __future__ import annotations
 
+import functools
+import importlib.util
+from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
@@ -17,15 +20,32 @@ from zootune.data.base import DataError, DataSplits, TransformedDataset, stratif
 from zootune.data.transforms import resolve_preprocessing, small_image_transforms
 
 
+@functools.lru_cache(maxsize=1)
+def _digits_arrays() -> tuple[np.ndarray, np.ndarray]:
+    """``(images (1797, 8, 8) in 0..16, labels)``, read once per process.
+
+    The CSV that scikit-learn ships is read directly when it can be found (importing
+    ``sklearn.datasets`` takes seconds); ``load_digits`` is the fallback.
+    """
+    spec = importlib.util.find_spec("sklearn")
+    for loc in (spec.submodule_search_locations or []) if spec else []:
+        f = Path(loc) / "datasets" / "data" / "digits.csv.gz"
+        if f.is_file():
+            raw = np.loadtxt(f, delimiter=",")
+            return raw[:, :-1].reshape(-1, 8, 8), raw[:, -1].astype(np.int64)
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    return d.images, d.target.astype(np.int64)
+
+
 class DigitsArrays:
     """The raw digits as a map-style data set of ``(tensor (1, 8, 8), label)``."""
 
     def __init__(self) -> None:
-        from sklearn.datasets import load_digits
-
-        d = load_digits()
-        self.images = torch.as_tensor(d.images, dtype=torch.float32).div_(16.0).unsqueeze(1)
-        self.targets = np.asarray(d.target, dtype=np.int64)
+        images, targets = _digits_arrays()
+        self.images = torch.as_tensor(images, dtype=torch.float32).div(16.0).unsqueeze(1)
+        self.targets = np.asarray(targets, dtype=np.int64)
 
     def __len__(self) -> int:
         return len(self.targets)

@@ -12,6 +12,7 @@ decides what is trained:
 
 from __future__ import annotations
 
+import copy
 import importlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -104,7 +105,8 @@ def load_zoo_from_config(zc: Any, base_dir: Path | None = None, pretrained: bool
         names = list(getattr(loaded, "names", None) or zc.names or
                      [f"source{i}" for i in range(len(models))])
         pre = getattr(loaded, "preprocessing", None)
-        return Zoo(models, names, pre, {"spec": zc.spec})
+        warns = [str(w) for w in (getattr(loaded, "warnings", None) or [])]
+        return Zoo(models, names, pre, {"spec": zc.spec, "warnings": warns})
     if zc.builder is None:
         raise ConfigError("the zoo is not configured: set zoo.spec, or zoo.builder with "
                           "zoo.checkpoints (or zoo.random_sources for a smoke test)")
@@ -154,7 +156,9 @@ def build_method_model(cfg: Config, task: Any, zoo: Zoo) -> nn.Module:
     start the same in every process: a DDP rank, a resumed run and a rerun agree.
     """
     torch.manual_seed(cfg.train.seed)
-    models = task.prepare_zoo(zoo.models)
+    # copies: the head is attached in place and fine-tuning trains the module itself, so the
+    # caller's zoo stays pristine for the next method
+    models = task.prepare_zoo([copy.deepcopy(m) for m in zoo.models])
     method = cfg.method
     if method == "finetune":
         if cfg.source >= len(models):
