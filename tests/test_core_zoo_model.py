@@ -311,3 +311,18 @@ def test_recalibrate_batchnorm_matches_statistics_of_target_data():
     torch.testing.assert_close(zm.model.bn1.running_mean, f.mean(dim=(0, 2, 3)), atol=1e-4, rtol=1e-4)
     for layer in zm.adaagg_layers().values():
         assert int(layer.te.steps) == 0  # the temporal ensemble is untouched
+
+
+def test_inference_mode_then_training_then_no_grad():
+    """Cached weights and scratch buffers made under inference_mode must not break training."""
+    zm = zootune.zoo_tune(make_zoo(), gate_init="default")
+    x = torch.randn(3, 3, 12, 12)
+    zm.eval()
+    with torch.inference_mode():
+        y1 = zm(x)
+    zm.train()
+    zm(x).sum().backward()
+    zm.eval()
+    with torch.no_grad():
+        y2 = zm(x)
+    torch.testing.assert_close(y1, y2)  # no optimizer step: same function

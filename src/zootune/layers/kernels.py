@@ -29,6 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
+from .workspace import scratch
+
 CONV_KERNELS = ("auto", "grouped", "loop")
 
 
@@ -128,7 +130,8 @@ class LoopConv(Kernel):
 
     def backward(self, x, w, gy, need_x, need_w):
         s = self.spec
-        gxs, gws = [], []
+        gxs = []
+        gws = scratch("per_sample_weight_grad", tuple(w.shape), w.dtype, w.device) if need_w else None
         for i in range(x.shape[0]):
             gx, gw, _ = torch.ops.aten.convolution_backward(
                 gy[i : i + 1],
@@ -144,11 +147,9 @@ class LoopConv(Kernel):
                 [need_x, need_w, False],
             )
             gxs.append(gx)
-            gws.append(gw)
-        return (
-            torch.cat(gxs) if need_x else None,
-            torch.stack(gws) if need_w else None,
-        )
+            if need_w:
+                gws[i].copy_(gw)
+        return torch.cat(gxs) if need_x else None, gws
 
 
 class PointwiseConv(Kernel):
@@ -174,7 +175,10 @@ class PointwiseConv(Kernel):
         b, cin, h, wd = xs.shape
         g = gy.reshape(b, gy.shape[1], h * wd)
         w2 = w.view(b, w.shape[1], cin)
-        gw = torch.bmm(g, xs.reshape(b, cin, h * wd).transpose(1, 2)).view_as(w) if need_w else None
+        gw = None
+        if need_w:
+            gw = scratch("per_sample_weight_grad", tuple(w.shape), w.dtype, w.device)
+            torch.bmm(g, xs.reshape(b, cin, h * wd).transpose(1, 2), out=gw.view(b, w.shape[1], cin))
         gx = None
         if need_x:
             gxs = torch.bmm(w2.transpose(1, 2), g).view(b, cin, h, wd)
@@ -196,7 +200,10 @@ class PerSampleLinear(Kernel):
 
     def backward(self, x, w, gy, need_x, need_w):
         gx = torch.bmm(gy, w) if need_x else None
-        gw = torch.bmm(gy.transpose(1, 2), x) if need_w else None
+        gw = None
+        if need_w:
+            gw = scratch("per_sample_weight_grad", tuple(w.shape), w.dtype, w.device)
+            torch.bmm(gy.transpose(1, 2), x, out=gw)
         return gx, gw
 
 
@@ -296,10 +303,19 @@ def conv_kernel(
 # --------------------------------------------------------------------------------------------
 
 
-def aggregate(a: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """``W_b = sum_i a_bi w_i`` for gates ``a`` (B, m) and weights ``w`` (m, ...) (Eq. 2)."""
-    m = w.shape[0]
-    return (a @ w.reshape(m, -1)).view(a.shape[0], *w.shape[1:])
+def aggregate(a: torch.Tensor, w: torch.Tensor, scratch_name: str | None = None) -> torch.Tensor:
+    """``W_b = sum_i a_bi w_i`` for gates ``a`` (B, m) and weights ``w`` (m, ...) (Eq. 2).
+
+    With ``scratch_name`` the result is written into a shared scratch buffer (workspace.py)
+    instead of a fresh allocation; it is then only valid until the next call that uses it.
+    """
+    m, b = w.shape[0], a.shape[0]
+    shape = (b, *w.shape[1:])
+    if scratch_name is None:
+        return (a @ w.reshape(m, -1)).view(shape)
+    out = scratch(scratch_name, shape, w.dtype, w.device)
+    torch.mm(a, w.reshape(m, -1), out=out.view(b, -1))
+    return out
 
 
 class AggregatedPerSample(torch.autograd.Function):
@@ -311,7 +327,8 @@ class AggregatedPerSample(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, a, w, kernel: Kernel, recompute: bool):  # type: ignore[override]
-        wb = aggregate(a.to(x.dtype), w.to(x.dtype))
+        # recomputed in backward -> a scratch buffer is enough; kept for backward -> its own tensor
+        wb = aggregate(a.to(x.dtype), w.to(x.dtype), "per_sample_weight" if recompute else None)
         y = kernel.forward(x, wb)
         ctx.kernel = kernel
         ctx.recompute = recompute
@@ -327,7 +344,7 @@ class AggregatedPerSample(torch.autograd.Function):
     def backward(ctx, gy):  # type: ignore[override]
         if ctx.recompute:
             x, a, w = ctx.saved_tensors
-            wb = aggregate(a.to(x.dtype), w.to(x.dtype))
+            wb = aggregate(a.to(x.dtype), w.to(x.dtype), "per_sample_weight")
         else:
             x, a, w, wb = ctx.saved_tensors
         need_x, need_a, need_w = ctx.needs_input_grad[:3]
@@ -336,8 +353,9 @@ class AggregatedPerSample(torch.autograd.Function):
         if gwb is not None:
             m, b = w.shape[0], a.shape[0]
             gflat = gwb.reshape(b, -1)
-            if need_a:
-                ga = (gflat @ w.to(x.dtype).reshape(m, -1).t()).to(ctx.dtypes[0])
+            w_flat = w.to(x.dtype).reshape(m, -1)
+            if need_a:  # <gW_b, w_i>; (m x K)(K x B) runs faster than (B x K)(K x m) here
+                ga = (w_flat @ gflat.t()).t().to(ctx.dtypes[0])
             if need_w:
                 gw = (a.to(x.dtype).t() @ gflat).view(w.shape).to(ctx.dtypes[1])
         return gx, ga, gw, None, None
