@@ -130,3 +130,26 @@ def test_missing_zoo_checkpoint_and_missing_data_are_one_line_errors(tmp_path, c
     assert main(["tune", str(_write(tmp_path, raw, "w.yaml"))]) == 2
     err = capsys.readouterr().err.strip()
     assert "does not fit" in err and len(err.splitlines()) == 1
+
+
+def test_image_folder_run_and_eval_on_another_folder(tmp_path, capsys):
+    from test_data_sources import _make_folder
+
+    _make_folder(tmp_path / "imgs", classes=("a", "b", "c"), n=6)
+    _make_folder(tmp_path / "new", classes=("a", "b", "c"), n=2)
+    raw = tiny_raw(data={"name": "image_folder", "root": str(tmp_path / "imgs"), "image_size": 8,
+                         "val_fraction": 0.2, "test_fraction": 0.2},
+                   train__steps=4, train__checkpoint_every=0, train__eval_every=0)
+    raw["zoo"]["builder_kwargs"]["in_channels"] = 3
+    out = tmp_path / "run"
+    assert main(["tune", str(_write(tmp_path, raw)), "--out", str(out)]) == 0
+    capsys.readouterr()
+    assert main(["eval", str(out), "--data", str(tmp_path / "new"), "--split", "all", "--json"]) == 0
+    ev = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert ev["n"] == 6 and 0.0 <= ev["accuracy"] <= 1.0
+    _make_folder(tmp_path / "two", classes=("a", "b"), n=2)
+    assert main(["eval", str(out), "--data", str(tmp_path / "two"), "--split", "all"]) == 2
+    assert "differ from the classes" in capsys.readouterr().err
+    _make_folder(tmp_path / "other", classes=("a", "b", "z"), n=2)
+    assert main(["eval", str(out), "--data", str(tmp_path / "other"), "--split", "all"]) == 2
+    assert "differ from the classes" in capsys.readouterr().err

@@ -201,7 +201,7 @@ class Run:
     def info(self) -> dict[str, Any]:
         return {"method": self.cfg.method, "zoo": self.zoo.names, "zoo_info": self.zoo.info,
                 "data": {k: v for k, v in self.data.info.items() if k != "preprocessing"},
-                "classes": self.data.num_classes}
+                "classes": list(self.data.classes)}
 
 
 def build_run(cfg: Config, base_dir: Path | None = None, pretrained: bool = True) -> Run:
@@ -212,6 +212,8 @@ def build_run(cfg: Config, base_dir: Path | None = None, pretrained: bool = True
     zoo = load_zoo_from_config(cfg.zoo, base_dir, pretrained=pretrained)
     data = build_data(cfg.data, zoo.preprocessing)
     task = build_task(cfg.task, data.num_classes)
+    if cfg.task.name == "classification" and cfg.task.num_classes is None:
+        cfg.task.num_classes = data.num_classes  # recorded in the run's config.yaml
     if hasattr(task, "head_seed"):
         task.head_seed = cfg.train.seed
     if hasattr(task, "example_input") and len(data.train):

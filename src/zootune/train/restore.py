@@ -67,19 +67,40 @@ def structural_config(cfg: Config) -> Config:
     return cfg
 
 
-def load_run(path: str | Path, *, weights: str = "final", overrides: Sequence[str] = ()) -> tuple[Any, Path]:
-    """``(Run, weights_path)`` with the run's trained weights loaded into ``run.model``."""
-    from zootune.train.build import build_run
+def load_run(path: str | Path, *, weights: str = "final",
+             data_overrides: Sequence[str] = ()) -> tuple[Any, Path]:
+    """``(Run, weights_path)`` with the run's trained weights loaded into ``run.model``.
+
+    ``data_overrides`` (``key=value``) change only the data the returned run carries (e.g. a
+    new image folder to evaluate on); the model is always the run's own (its number of classes
+    comes from the recorded ``task.num_classes``).
+    """
+    import torch
+
+    from zootune.data import DataError, build_data
+    from zootune.tasks import build_task
+    from zootune.train.build import Run, build_method_model, load_zoo_from_config
 
     run_dir, explicit = find_run_dir(path)
-    cfg = load_config(run_dir / "config.yaml", overrides)
+    cfg = load_config(run_dir / "config.yaml")
+    eval_cfg = load_config(run_dir / "config.yaml", data_overrides) if data_overrides else cfg
+    bad = [o for o in data_overrides if not o.split("=", 1)[0].startswith("data.")]
+    if bad:
+        raise ConfigError(f"only data.* settings can be overridden here, not {bad[0]!r}")
     wfile = explicit or weights_file(run_dir, weights)
     scfg = structural_config(cfg)
-    try:
-        run = build_run(scfg, base_dir=run_dir, pretrained=False)
-    except ConfigError:
-        raise
-    run.cfg = cfg
-    load_weights(run.model, wfile)
-    run.model.eval()
-    return run, wfile
+    zoo = load_zoo_from_config(scfg.zoo, run_dir, pretrained=False)
+    data = build_data(eval_cfg.data, zoo.preprocessing)
+    num_classes = cfg.task.num_classes
+    if num_classes is None:
+        if data_overrides:
+            raise DataError("this run did not record task.num_classes: evaluate it on its own data")
+        num_classes = data.num_classes
+    task = build_task(cfg.task, num_classes)
+    if hasattr(task, "example_input") and len(data.train):
+        x = torch.as_tensor(data.train[0][0])
+        task.example_input = x.unsqueeze(0).repeat(2, *([1] * x.dim()))
+    model = build_method_model(scfg, task, zoo)
+    load_weights(model, wfile)
+    model.eval()
+    return Run(cfg, model, task, data, zoo), wfile

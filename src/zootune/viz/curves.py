@@ -14,7 +14,6 @@ def plot_learning_curves(events: Sequence[dict[str, Any]], path: str | Path,
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
-    skip = {"step", "split", "loss", "lr", "samples_per_s"}
     series: dict[tuple[str, str], tuple[list[int], list[float]]] = {}
     for e in events:
         for k, v in e.items():
@@ -42,5 +41,4 @@ def plot_learning_curves(events: Sequence[dict[str, Any]], path: str | Path,
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
-    del skip
     return path
