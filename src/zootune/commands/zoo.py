@@ -83,7 +83,7 @@ def run_inspect(args: argparse.Namespace) -> int:
     from zootune.zoo.preprocess import disagreements, preprocessing_of
     from zootune.zoo.relatedness import relatedness
 
-    parsed, _ = expand_specs(args.specs)
+    parsed, _ = expand_specs(args.specs, args.arch)
     ctx = Context.make(True if args.offline else None, args.checkpoint_dir)
     models, names, report = [], [], {"members": [], "zoo": {}}
     failed = 0

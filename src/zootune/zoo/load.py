@@ -60,9 +60,9 @@ def load(
     return model
 
 
-def _safe_parse(s: SpecLike) -> ZooSpec:
+def _safe_parse(s: SpecLike, arch: str | None) -> ZooSpec:
     try:
-        return parse_spec(s)
+        return parse_spec(s, arch=arch)
     except ZooSpecError:
         if isinstance(s, str) and " " not in s.strip() and ":" not in s:
             raise ZooSpecError(
@@ -71,8 +71,13 @@ def _safe_parse(s: SpecLike) -> ZooSpec:
         raise
 
 
-def expand_specs(specs: SpecLike | Iterable[SpecLike]) -> tuple[list[ZooSpec], dict[str, object]]:
-    """Expand presets and parse specs: ``([ZooSpec...], preset defaults)``."""
+def expand_specs(
+    specs: SpecLike | Iterable[SpecLike], arch: str | None = None
+) -> tuple[list[ZooSpec], dict[str, object]]:
+    """Expand presets and parse specs: ``([ZooSpec...], preset defaults)``.
+
+    ``arch`` is used by raw-checkpoint specs (``file:``, ``url:``) that do not name one.
+    """
     if isinstance(specs, (str, Mapping, ZooSpec)):
         specs = [specs]
     out: list[ZooSpec] = []
@@ -83,7 +88,7 @@ def expand_specs(specs: SpecLike | Iterable[SpecLike]) -> tuple[list[ZooSpec], d
             defaults.update(PRESET_DEFAULTS.get(key, {}))
             out += [parse_spec(text, name=n) for n, text in members]
         else:
-            out.append(_safe_parse(s))
+            out.append(_safe_parse(s, arch))
     if not out:
         raise ZooSpecError("empty zoo: give at least one spec or a preset")
     return out, defaults
@@ -189,7 +194,7 @@ def load_zoo(
     independently trained. Raises :class:`ZooMismatchError` at the first parameter whose
     name or shape differs (both shapes in the message).
     """
-    parsed, defaults = expand_specs(specs)
+    parsed, defaults = expand_specs(specs, arch)
     if strip_heads is None:
         strip_heads = bool(defaults.get("strip_heads", False))
     ctx = Context.make(offline, checkpoint_dir)
