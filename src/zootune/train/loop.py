@@ -31,6 +31,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from zootune.errors import ZootuneError
 from zootune.train.checkpoint import (
     WEIGHTS,
     atomic_write_text,
@@ -44,6 +45,10 @@ from zootune.train.distributed import DistInfo, all_reduce_sum, barrier, setup_d
 from zootune.train.logger import RunLogger
 from zootune.train.optim import build_optimizer, build_scheduler, param_groups
 from zootune.train.sampler import StepBatchSampler
+
+
+class TrainingError(ZootuneError, RuntimeError):
+    """Training cannot go on (e.g. the loss diverged to NaN/inf)."""
 
 
 @dataclass
@@ -373,7 +378,8 @@ def _fit(model, task, data, cfg, out, resume, run_info, report, on_log, device, 
                 outputs = task.forward(train_model, batch)
                 loss = task.loss(outputs, batch)
             if not torch.isfinite(loss):
-                raise FloatingPointError(f"loss is {loss.item()} at step {step}; lower optim.lr?")
+                raise TrainingError(f"the loss became {loss.item()} at step {step + 1} (diverged): "
+                                    "lower optim.lr, set optim.grad_clip, or train.amp=off")
             optimizer.zero_grad(set_to_none=True)
             if scaler is not None:
                 scaler.scale(loss).backward()

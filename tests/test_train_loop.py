@@ -1,0 +1,53 @@
+"""Training loop: determinism, selection on validation, divergence, plain models."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from trainer_utils import assert_same_state, tiny_config
+from zootune.train import build_run, evaluate, fit
+from zootune.train.loop import TrainingError
+
+
+def _fit(cfg, out=None, **kw):
+    run = build_run(cfg)
+    return run, fit(run.model, run.task, run.data, cfg, out, report=False, **kw)
+
+
+def test_same_seed_same_weights_other_seed_differs():
+    cfg = tiny_config(train__steps=5, train__eval_every=0, train__checkpoint_every=0)
+    _, a = _fit(cfg)
+    _, b = _fit(cfg)
+    assert_same_state(a.model.state_dict(), b.model.state_dict())
+    _, c = _fit(tiny_config(train__steps=5, train__eval_every=0, train__checkpoint_every=0,
+                            train__seed=1))
+    assert not torch.equal(a.model.model.fc.weight, c.model.model.fc.weight)
+
+
+def test_select_best_restores_the_best_validation_weights(tmp_path):
+    cfg = tiny_config(train__steps=12, train__eval_every=2, train__select="best",
+                      optim__lr=0.05)
+    run, res = _fit(cfg, tmp_path / "r")
+    vals = [e for e in res.history if e["split"] == "val"]
+    best = max(vals, key=lambda e: e["accuracy"])
+    assert res.best_step == best["step"] and res.best_val["accuracy"] == best["accuracy"]
+    again = evaluate(res.model, run.task, run.data.val)
+    assert again["accuracy"] == pytest.approx(best["accuracy"])
+    assert res.metrics["val"]["accuracy"] == pytest.approx(best["accuracy"])
+    assert (tmp_path / "r" / "best.safetensors").is_file()
+
+
+def test_divergence_is_a_clear_error():
+    cfg = tiny_config(train__steps=30, train__eval_every=0, train__checkpoint_every=0,
+                      optim__lr=1e12, optim__name="sgd")
+    with pytest.raises(TrainingError, match="diverged"):
+        _fit(cfg)
+
+
+def test_plain_finetune_uses_head_lr_and_logs_lr():
+    cfg = tiny_config(method="finetune", train__steps=3, train__eval_every=0,
+                      train__checkpoint_every=0, train__log_every=1, optim__head_lr=0.5)
+    _, res = _fit(cfg)
+    assert isinstance(res.model, torch.nn.Module) and not hasattr(res.model, "gate_values")
+    assert [e["step"] for e in res.history if e["split"] == "train"] == [1, 2, 3]
