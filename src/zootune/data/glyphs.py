@@ -33,6 +33,7 @@ __all__ = [
     "GREEK_HELD_APART",
     "FONTS",
     "Augment",
+    "random_affine",
     "GlyphSet",
     "available_fonts",
     "base_bitmaps",
@@ -188,11 +189,15 @@ def base_bitmaps(chars: str, base: int, fonts: Sequence[str] = FONTS
     return torch.stack(maps), torch.tensor(labels, dtype=torch.long)
 
 
-def distinct_chars(chars: str, *, threshold: float = 0.03, base: int = 32) -> str:
+def _ink_difference(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).abs().sum() / torch.maximum(a, b).sum().clamp_min(1e-6))
+
+
+def distinct_chars(chars: str, *, threshold: float = 0.1, base: int = 32) -> str:
     """Drop characters that look like an earlier one (Latin ``A`` vs Greek ``Α`` vs Cyrillic ``А``).
 
-    Two characters look alike if the mean absolute difference of their bitmaps, averaged over the
-    fonts that have both, is below ``threshold``. Used to build a broad multi-script label set
+    Two characters look alike if ``sum|a - b| / sum(max(a, b))`` of their bitmaps (the share of
+    ink where they differ), averaged over the fonts that have both, is below ``threshold``. Used to build a broad multi-script label set
     without classes that no model could tell apart.
     """
     kept: list[str] = []
@@ -205,7 +210,7 @@ def distinct_chars(chars: str, *, threshold: float = 0.03, base: int = 32) -> st
             common = [f for f in FONTS if f in fonts_c and _font(f).get_char_index(ord(k)) != 0]
             if not common:
                 continue
-            diff = np.mean([float((_base_bitmap(c, f, base) - _base_bitmap(k, f, base)).abs().mean())
+            diff = np.mean([_ink_difference(_base_bitmap(c, f, base), _base_bitmap(k, f, base))
                             for f in common])
             if diff < threshold:
                 same = True
@@ -219,6 +224,29 @@ def _uniform(n: int, lo: float, hi: float, g: torch.Generator) -> torch.Tensor:
     return lo + (hi - lo) * torch.rand(n, generator=g)
 
 
+def random_affine(x: torch.Tensor, g: torch.Generator, *, rotate: float = 10.0,
+                  scale: tuple[float, float] = (0.9, 1.1), shear: float = 0.0,
+                  translate: float = 0.1) -> torch.Tensor:
+    """A random affine jitter of every image of a batch ``x`` (N, C, H, W), in one resampling.
+
+    Rotation in degrees, ``scale`` range, ``shear`` (x-shear factor) and ``translate`` (fraction
+    of the image), all uniform; bilinear resampling with zero padding. Draws from ``g`` only.
+    """
+    n = x.shape[0]
+    ang = torch.deg2rad(_uniform(n, -rotate, rotate, g))
+    sc = _uniform(n, scale[0], scale[1], g)
+    sh = _uniform(n, -shear, shear, g)
+    tx = _uniform(n, -translate, translate, g) * 2.0  # affine_grid uses [-1, 1] coordinates
+    ty = _uniform(n, -translate, translate, g) * 2.0
+    cos, sin = torch.cos(ang), torch.sin(ang)
+    # Output->input map: inverse of (scale * rotate * shear); sampling at A @ p + t.
+    a = torch.stack([torch.stack([cos, -sin + sh * cos], -1), torch.stack([sin, cos + sh * sin], -1)], -2)
+    a = torch.linalg.inv(a * sc.view(n, 1, 1))
+    theta = torch.cat([a, torch.stack([tx, ty], -1).unsqueeze(-1)], -1).to(x.dtype)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
 def _augment(x: torch.Tensor, aug: Augment, resolution: int, g: torch.Generator) -> torch.Tensor:
     """Apply :class:`Augment` to base bitmaps ``x`` (N, 1, 2R, 2R); returns (N, 1, R, R)."""
     n = x.shape[0]
@@ -229,18 +257,8 @@ def _augment(x: torch.Tensor, aug: Augment, resolution: int, g: torch.Generator)
         dil = F.max_pool2d(x, 3, stride=1, padding=1)
         ero = 0.5 * (x - F.max_pool2d(-x, 3, stride=1, padding=1))  # half an erosion: keeps thin strokes
         x = torch.where(thick, dil, torch.where(thin, ero, x))
-    ang = torch.deg2rad(_uniform(n, -aug.rotate, aug.rotate, g))
-    sc = _uniform(n, aug.scale[0], aug.scale[1], g)
-    sh = _uniform(n, -aug.shear, aug.shear, g)
-    tx = _uniform(n, -aug.translate, aug.translate, g) * 2.0  # affine_grid uses [-1, 1] coordinates
-    ty = _uniform(n, -aug.translate, aug.translate, g) * 2.0
-    cos, sin = torch.cos(ang), torch.sin(ang)
-    # Output->input map: inverse of (scale * rotate * shear); sampling at A @ p + t.
-    a = torch.stack([torch.stack([cos, -sin + sh * cos], -1), torch.stack([sin, cos + sh * sin], -1)], -2)
-    a = torch.linalg.inv(a * sc.view(n, 1, 1))
-    theta = torch.cat([a, torch.stack([tx, ty], -1).unsqueeze(-1)], -1)
-    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-    x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    x = random_affine(x, g, rotate=aug.rotate, scale=aug.scale, shear=aug.shear,
+                      translate=aug.translate)
     x = F.avg_pool2d(x, 2)  # area downsampling to the output resolution
     if aug.lowres > 0:
         low = (torch.rand(n, generator=g) < aug.lowres).view(n, 1, 1, 1)

@@ -1,7 +1,8 @@
 """The mini-zoo architecture: a small CNN (about 0.14M parameters) for 1x16x16 images.
 
-Five 3x3 convolutions (each followed by BatchNorm and ReLU, two max-pools), global average pooling
-and a linear classifier named ``head``. It has the ingredients Zoo-Tuning cares about — k>1 convs
+Five 3x3 convolutions (each followed by BatchNorm and ReLU; max-pools after the first and the
+third, so only the stem runs at full resolution: about 3.6M multiply-adds per image), global
+average pooling and a linear classifier named ``head``. It has the ingredients Zoo-Tuning cares about — k>1 convs
 (aligned by default), BatchNorm after every conv (which absorbs the scale of independent sigmoid
 gates), and a task head that is replaced for the target (``zoo_tune(..., exclude=["head"])``) —
 while training in seconds on a CPU.
@@ -25,16 +26,16 @@ def _block(cin: int, cout: int) -> list[nn.Module]:
 class MiniCNN(nn.Module):
     """``features`` (conv-BN-ReLU x5, two 2x2 max-pools, global average pool) -> ``head`` (Linear).
 
-    ``width`` is the channel count of the first stage (then 2x and 4x).
+    ``width`` is the channel count of the first convolutions (then 2x and 4x).
     """
 
     def __init__(self, num_classes: int, width: int = 32, in_channels: int = 1) -> None:
         super().__init__()
         w = width
         self.features = nn.Sequential(
-            *_block(in_channels, w), *_block(w, w), nn.MaxPool2d(2),
-            *_block(w, 2 * w), *_block(2 * w, 2 * w), nn.MaxPool2d(2),
-            *_block(2 * w, 4 * w),
+            *_block(in_channels, w), nn.MaxPool2d(2),
+            *_block(w, w), *_block(w, 2 * w), nn.MaxPool2d(2),
+            *_block(2 * w, 2 * w), *_block(2 * w, 4 * w),
             nn.AdaptiveAvgPool2d(1), nn.Flatten(),
         )
         self.head = nn.Linear(4 * w, num_classes)

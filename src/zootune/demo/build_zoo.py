@@ -1,0 +1,165 @@
+"""Re-create the demo's mini zoo: ``python -m zootune.demo.build_zoo [--out DIR] [--seed S]``.
+
+Built the way the paper's zoo was (four of its five ResNet-50s start from the same ImageNet
+weights, so their channels correspond and their weights can be aggregated):
+
+1. ``base``: a :class:`~zootune.demo.model.MiniCNN` trained from a random start on a *broad*
+   source — glyphs of every script (Latin, Greek, Cyrillic, digits, symbols; look-alike
+   characters merged), like ImageNet for the paper's zoo;
+2. ``latin``, ``greek``, ``cyrillic``, ``numerals`` (digits + symbols): each starts from
+   ``base``, gets a fresh head for its own domain and is fine-tuned on that domain alone, as
+   Mask R-CNN, DeepLabV3 and Keypoint R-CNN were fine-tuned from the ImageNet model.
+
+None of them sees the ten held-apart Greek letters of the demo's target. Every model is trained
+by the shared trainer (:func:`zootune.train.fit`), seeded and deterministic on CPU. Weights are
+written as float16 safetensors (about 0.28 MB each) with ``zoo.json`` recording the recipe, the
+seeds, the source accuracies (measured after the float16 rounding), the command, the versions and
+the wall time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import hashlib
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from zootune.demo.data import ZOO_DOMAINS, glyph_splits
+from zootune.demo.model import RESOLUTION, MiniCNN
+from zootune.demo.zoo import MANIFEST, WEIGHTS_DIR, load_member
+
+#: The recipe (Adam, cosine schedule with warm-up; batch 128 for the base, 64 for specialists).
+RECIPE: dict[str, dict[str, Any]] = {
+    "base": {"steps": 2000, "batch_size": 128, "lr": 2e-3, "n_train": 150, "warmup": 100},
+    "specialist": {"steps": 500, "batch_size": 64, "lr": 1e-3, "n_train": 200, "warmup": 25},
+}
+
+
+def _config(steps: int, batch_size: int, lr: float, warmup: int, seed: int):
+    from zootune.config import build_config
+
+    return build_config({
+        "preset": "adam",
+        "method": "finetune",
+        "optim": {"name": "adam", "lr": lr, "weight_decay": 0.0},
+        "schedule": {"name": "cosine", "warmup_steps": warmup},
+        "train": {"steps": steps, "batch_size": batch_size, "eval_every": 0, "log_every": 50,
+                  "checkpoint_every": 0, "seed": seed, "select": "last", "tensorboard": False,
+                  "progress": sys.stderr.isatty()},
+    })
+
+
+def _train(model: MiniCNN, domain: str, recipe: dict[str, Any], seed: int, new_head: bool):
+    """Fit ``model`` on glyph domain ``domain`` with the shared trainer; returns (model, splits)."""
+    from zootune.tasks.classification import ClassificationTask
+    from zootune.train import fit
+
+    data = glyph_splits(domain, recipe["n_train"], seed=seed)
+    task = ClassificationTask(data.num_classes, head="head", head_seed=seed)
+    if new_head:
+        model = task.prepare_zoo([model])[0]
+    else:
+        task.head_name = "head"
+    cfg = _config(recipe["steps"], recipe["batch_size"], recipe["lr"], recipe["warmup"], seed)
+    res = fit(model, task, data, cfg, out_dir=None, report=False)
+    return res.model, data
+
+
+def _accuracy(model: torch.nn.Module, dataset) -> float:
+    from zootune.tasks.classification import ClassificationTask
+    from zootune.train import evaluate
+
+    return float(evaluate(model, ClassificationTask(1), dataset)["accuracy"])
+
+
+def _save(model: MiniCNN, path: Path) -> str:
+    from safetensors.torch import save_file
+
+    state = {k: (v.detach().half() if v.is_floating_point() else v.detach()).contiguous()
+             for k, v in model.state_dict().items()}
+    tmp = path.with_suffix(".tmp")
+    save_file(state, str(tmp), metadata={"format": "pt", "dtype": "float16"})
+    tmp.replace(path)
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def build(out: Path = WEIGHTS_DIR, seed: int = 0, recipe: dict[str, dict[str, Any]] = RECIPE,
+          log=print) -> dict[str, Any]:
+    """Train the zoo and write ``out/<name>.safetensors`` + ``out/zoo.json``; returns the manifest."""
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    members: list[dict[str, Any]] = []
+    base_model: MiniCNN | None = None
+    for k, (name, domain) in enumerate(ZOO_DOMAINS.items()):
+        t = time.time()
+        s = seed * 1000 + k
+        if name == "base":
+            rec = recipe["base"]
+            from zootune.demo.data import domain_chars
+
+            torch.manual_seed(s)
+            model, data = _train(MiniCNN(len(domain_chars(domain))), domain, rec, s, new_head=False)
+            base_model = model
+            init = "random"
+        else:
+            rec = recipe["specialist"]
+            assert base_model is not None
+            model, data = _train(copy.deepcopy(base_model), domain, rec, s, new_head=True)
+            init = "base"
+        model = model.cpu().eval()
+        entry = {"name": name, "file": f"{name}.safetensors", "domain": domain,
+                 "classes": "".join(data.classes), "num_classes": data.num_classes,
+                 "width": model.width, "init": init, "seed": s, **rec}
+        entry["sha256"] = _save(model, out / entry["file"])
+        stored = load_member(entry, out)  # accuracies of the weights as shipped (float16)
+        entry["source_accuracy"] = {"val": _accuracy(stored, data.val), "test": _accuracy(stored, data.test)}
+        entry["wall_time_s"] = round(time.time() - t, 1)
+        members.append(entry)
+        log(f"{name:9s} {domain:36s} {data.num_classes:4d} classes  "
+            f"test acc {entry['source_accuracy']['test']:.3f}  ({entry['wall_time_s']:.0f}s)")
+    import numpy
+    import safetensors
+
+    manifest = {
+        "architecture": "zootune.demo.model:MiniCNN",
+        "resolution": RESOLUTION,
+        "dtype": "float16",
+        "seed": seed,
+        "members": members,
+        "recipe": recipe,
+        "command": "python -m zootune.demo.build_zoo" + (f" --seed {seed}" if seed else ""),
+        "versions": {"python": platform.python_version(), "torch": torch.__version__,
+                     "numpy": numpy.__version__, "safetensors": safetensors.__version__},
+        "machine": {"platform": platform.platform(), "processor": platform.machine(),
+                    "threads": torch.get_num_threads()},
+        "wall_time_s": round(time.time() - t0, 1),
+    }
+    tmp = out / (MANIFEST + ".tmp")
+    tmp.write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
+    tmp.replace(out / MANIFEST)
+    return manifest
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m zootune.demo.build_zoo", description=__doc__.split("\n")[0])
+    p.add_argument("--out", type=Path, default=WEIGHTS_DIR, help="output folder (default: the package's)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quick", action="store_true", help="tiny budget (a smoke test, not the shipped zoo)")
+    args = p.parse_args(argv)
+    recipe = RECIPE
+    if args.quick:
+        recipe = {k: {**v, "steps": 5, "n_train": 2, "warmup": 0} for k, v in RECIPE.items()}
+    m = build(args.out, args.seed, recipe)
+    print(f"wrote {len(m['members'])} models to {args.out} in {m['wall_time_s']:.0f}s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
