@@ -130,7 +130,7 @@ def analyse(names: list[str], acc: dict, sc: dict) -> dict:
     return rows
 
 
-def write_md(res: dict) -> None:
+def write_md(res: dict, md_path: Path) -> None:
     lines = ["# Transferability scores against fine-tuned accuracy", "",
              f"Command: `{res['command']}`  ", f"Machine: {res['machine']}. Seed {res['seed']}; "
              f"fine-tuning: Adam preset, {res['steps']} steps, batch 32, best-on-val weights, test accuracy.", "",
@@ -150,7 +150,7 @@ def write_md(res: dict) -> None:
                          f"{r['top3_accuracy']:.3f} | {r['top1_accuracy']:.3f} |")
         lines += ["", f"Time: all scores for the zoo {task['scores']['total_seconds']:.1f} s (extraction included) "
                   f"vs brute-force fine-tuning {ft_time:.1f} s.", ""]
-    (RESULTS / "selection.md").write_text("\n".join(lines) + "\n")
+    md_path.write_text("\n".join(lines) + "\n")
 
 
 def main() -> int:
@@ -181,7 +181,7 @@ def main() -> int:
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(res, indent=2))
         tmp.replace(path)
-        write_md(res)
+        write_md(res, path.with_suffix(".md"))
 
     for target in args.targets:
         data = parse_target(target)
@@ -200,7 +200,7 @@ def main() -> int:
             print(f"  test accuracy {task['finetune'][name]['test_accuracy']:.4f}", flush=True)
             save()
     save()
-    print((RESULTS / "selection.md").read_text())
+    print(path.with_suffix(".md").read_text())
     return 0
 
 
