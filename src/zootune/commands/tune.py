@@ -78,6 +78,8 @@ def run(args: argparse.Namespace) -> int:
             shutil.rmtree(ckpts, ignore_errors=True)
             for f in ("best.safetensors", "model.safetensors", "result.json"):
                 (out / f).unlink(missing_ok=True)
+    if args.resume and rank == 0 and (out / "config.yaml").is_file():
+        _note_config_changes(out / "config.yaml", cfg)
     from zootune.train import build_run, fit
 
     config_dir = Path(args.config).resolve().parent
@@ -101,3 +103,31 @@ def run(args: argparse.Namespace) -> int:
     print(f"done in {res.wall_time_s:.1f} s: " + "; ".join(parts))
     print(f"report: {out / 'report.md'}")
     return 0
+
+
+def _flatten(d, prefix=""):
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def _note_config_changes(saved_path: Path, cfg) -> None:
+    """On --resume, say which settings differ from the run being continued."""
+    import yaml
+
+    try:
+        saved = _flatten(yaml.safe_load(saved_path.read_text()) or {})
+    except yaml.YAMLError:
+        return
+    now = _flatten(cfg.to_dict())
+    changed = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k)
+                     and k not in ("task.num_classes",))
+    if changed:
+        print("note: resuming with settings that differ from the run's config.yaml: "
+              + ", ".join(f"{k} ({saved.get(k)!r} -> {now.get(k)!r})" for k in changed[:8]),
+              file=sys.stderr)

@@ -5,6 +5,13 @@ then initialises the process group (NCCL on CUDA, gloo on CPU), gives each rank 
 every global batch, averages gradients with DDP, and lets only rank 0 write logs and
 checkpoints. The lite temporal-ensemble gates are averaged over the global batch by the AdaAgg
 layers themselves (they all-reduce when ``torch.distributed`` is initialised).
+
+BatchNorm: on CUDA it becomes ``SyncBatchNorm`` (``train.sync_bn``), so batch statistics are
+those of the global batch. PyTorch's SyncBatchNorm does not run on CPU, so a CPU (gloo) run
+keeps per-rank BatchNorm and DDP broadcasts rank 0's running statistics every forward; such a
+run matches a single-process run only for models without BatchNorm (GroupNorm, LayerNorm...).
+Buffers are not broadcast when no plain BatchNorm is left, so equal state on every rank is
+then a property of the code, not of the broadcast.
 """
 
 from __future__ import annotations
