@@ -215,7 +215,7 @@ def test_zoo_mixing_libraries_warns_and_unifies():
     with warnings.catch_warnings(record=True) as rec:
         warnings.simplefilter("always")
         zoo = load_zoo(["timm:resnet18", "torchvision:resnet18"], pretrained=False,
-                       strip_heads=True)
+                       strip_heads=True, check_related=True)
     cats = {w.category for w in rec}
     assert PreprocessingWarning in cats  # bicubic (timm) vs bilinear (torchvision)
     assert UnrelatedZooWarning in cats  # two random inits

@@ -25,7 +25,7 @@ name=None)`` -> ``nn.Module`` carrying ``zootune_spec``, ``zootune_preprocessing
 ``strict=``).
 
 ``load_zoo(specs, *, pretrained=True, strip_heads=None, offline=None, checkpoint_dir=None,
-arch=None, check_related=True, unify=True, warn=True)`` -> :class:`Zoo`. ``specs`` is one
+arch=None, check_related=None, unify=True, warn=True)`` -> :class:`Zoo`. ``specs`` is one
 spec, a preset name, or a list mixing both (strings or ``{"spec": ..., "arch": ...,
 "name": ...}`` mappings, as they come from a YAML config). It validates one architecture
 (:class:`ZooMismatchError` naming the first differing parameter and both shapes), strips heads

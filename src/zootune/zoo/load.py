@@ -179,7 +179,7 @@ def load_zoo(
     offline: bool | None = None,
     checkpoint_dir: str | Path | Sequence[str | Path] | None = None,
     arch: str | None = None,
-    check_related: bool = True,
+    check_related: bool | None = None,
     unify: bool = True,
     warn: bool = True,
 ) -> Zoo:
@@ -191,7 +191,8 @@ def load_zoo(
     identical parameter names and shapes (timm's and torchvision's ResNet-50), load each
     member's weights into a copy of the first member so that all share one class.
     ``check_related``: compute per-layer weight similarity and warn when members look
-    independently trained. Raises :class:`ZooMismatchError` at the first parameter whose
+    independently trained (default: only with ``pretrained=True``; random weights are
+    trivially unrelated). Raises :class:`ZooMismatchError` at the first parameter whose
     name or shape differs (both shapes in the message).
     """
     parsed, defaults = expand_specs(specs, arch)
@@ -222,6 +223,8 @@ def load_zoo(
         for t in texts:
             warnings.warn(t, ZooLoadWarning, stacklevel=2)
     rel = None
+    if check_related is None:
+        check_related = pretrained
     if check_related and len(models) > 1:
         heads = [h for h in {head_name(m) for m in models} if h]
         rel = relatedness(models, names, exclude_prefixes=heads)
