@@ -43,6 +43,8 @@ def test_two_gloo_ranks_equal_one_process(tmp_path):
     assert r0["metrics"] == r1["metrics"]
     # rank 0 alone wrote the run folder
     assert (out / "model.safetensors").is_file() and (out / "metrics.jsonl").is_file()
+    report = (out / "report.md").read_text()  # written after a collective FLOP count
+    assert "## Cost" in report and "failed" not in report
 
     cfg = build_config(raw)
     run = build_run(cfg)

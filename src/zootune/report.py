@@ -71,6 +71,11 @@ def model_costs(model: nn.Module, example: torch.Tensor) -> dict[str, Any]:
     return out
 
 
+def example_batch(data: Any, n: int = 2) -> torch.Tensor | None:
+    """A few validation (or training) inputs, for counting FLOPs."""
+    return _example(data, n)
+
+
 def _example(data: Any, n: int = 2) -> torch.Tensor | None:
     ds = data.val if data is not None and data.val is not None else getattr(data, "train", None)
     if ds is None or len(ds) == 0:
@@ -97,8 +102,12 @@ def _human(n: float) -> str:
 
 
 def write_report(out_dir: str | Path, result: Any, cfg: Any, *, task: Any = None, data: Any = None,
-                 run_info: dict[str, Any] | None = None) -> Path:
-    """Write ``report.md``, ``gates.png`` (ZooModels) and ``curves.png`` into ``out_dir``."""
+                 run_info: dict[str, Any] | None = None, costs: dict[str, Any] | None = None) -> Path:
+    """Write ``report.md``, ``gates.png`` (ZooModels) and ``curves.png`` into ``out_dir``.
+
+    ``costs``: precomputed :func:`model_costs` (the trainer computes them on every DDP rank,
+    because a training-mode forward of a lite model all-reduces its gate means).
+    """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     info = dict(run_info or {})
@@ -148,10 +157,10 @@ def write_report(out_dir: str | Path, result: Any, cfg: Any, *, task: Any = None
         lines.append("No evaluation (no val/test data, or the run was interrupted).")
     lines.append("")
 
-    example = _example(data)
-    if example is not None:
+    example = _example(data) if costs is None else None
+    if costs is not None or example is not None:
         try:
-            c = model_costs(model, example)
+            c = costs if costs is not None else model_costs(model, example)
             lines.append("## Cost (per input sample)\n")
             lines.append("| model | parameters | FLOPs |\n|---|---|---|")
             lines.append(f"| training | {_human(c['train_params'])} | {_human(c['train_flops'])} |")

@@ -459,6 +459,19 @@ def _fit(model, task, data, cfg, out, resume, run_info, report, on_log, device, 
         t = run_eval("test", step)
         if t is not None:
             metrics["test"] = t
+    costs = None
+    if out is not None and report and not interrupted:
+        # every rank runs the counting forward passes: in training mode a lite model all-reduces
+        # its gate means, so rank 0 alone would wait for the others forever
+        try:
+            from zootune.report import example_batch, model_costs
+
+            ex = example_batch(data)
+            costs = model_costs(unwrap(model), ex) if ex is not None else None
+        except Exception as exc:  # noqa: BLE001 - informative only
+            costs = None
+            if main:
+                print(f"warning: cost counting failed: {exc.__class__.__name__}: {exc}", flush=True)
     model.eval()
     wall = time.time() - t_start
     result = FitResult(model=unwrap(model), metrics=metrics, steps=step, wall_time_s=wall,
@@ -477,7 +490,7 @@ def _fit(model, task, data, cfg, out, resume, run_info, report, on_log, device, 
             try:
                 from zootune.report import write_report
 
-                write_report(out, result, cfg, task=task, data=data, run_info=run_info)
+                write_report(out, result, cfg, task=task, data=data, run_info=run_info, costs=costs)
             except Exception as exc:  # noqa: BLE001 - a failed picture must not lose the run
                 print(f"warning: report not written: {exc.__class__.__name__}: {exc}", flush=True)
     return result
