@@ -87,9 +87,15 @@ def resolve_device(spec: str, local_rank: int = 0) -> torch.device:
 
 
 def amp_dtype(spec: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype (None = full precision). AMP is used on CUDA only."""
-    if device.type != "cuda" or spec == "off":
+    """The autocast dtype (None = full precision).
+
+    ``auto``: bf16 (or fp16 where bf16 is unsupported) on CUDA, full precision elsewhere.
+    ``bf16`` also runs on CPU (CPU autocast); ``fp16`` needs CUDA.
+    """
+    if spec == "off":
         return None
+    if device.type != "cuda":
+        return torch.bfloat16 if spec == "bf16" else None
     if spec == "fp16":
         return torch.float16
     if spec == "bf16" or torch.cuda.is_bf16_supported():
