@@ -69,6 +69,8 @@ def _train(model: MiniCNN, domain: str, recipe: dict[str, Any], seed: int, new_h
         task.head_name = "head"
     cfg = _config(recipe["steps"], recipe["batch_size"], recipe["lr"], recipe["warmup"], seed)
     res = fit(model, task, data, cfg, out_dir=None, report=False)
+    if res.interrupted:  # Ctrl-C / SIGTERM: stop the whole build, write nothing more
+        raise KeyboardInterrupt
     return res.model, data
 
 

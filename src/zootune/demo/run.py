@@ -151,6 +151,8 @@ def run_demo(seed: int = 0, recipe: dict[str, Any] | None = None,
         model = build_method_model(cfg, task, _fresh(zoo))
         t = time.time()
         res = fit(model, task, data, cfg, out_dir=None, report=False)
+        if res.interrupted:  # Ctrl-C / SIGTERM: stop the demo (the CLI prints "interrupted")
+            raise KeyboardInterrupt
         entry = {"accuracy": res.metrics["test"]["accuracy"], "val_accuracy": res.metrics["val"]["accuracy"],
                  "test_loss": res.metrics["test"]["loss"], "params": _params(res.model),
                  "train_time_s": round(time.time() - t, 2)}
