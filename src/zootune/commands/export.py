@@ -31,7 +31,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("path", help="run folder (or checkpoint inside it)")
     p.add_argument("-o", "--output", default=None,
                    help="output .safetensors file (default: RUN_DIR/export/model.safetensors)")
-    p.add_argument("--weights", default="final", choices=("final", "best", "latest"))
+    p.add_argument("--weights", default="final", choices=("final", "best", "latest"),
+                   help="which weights of the run: final (default), best on val, latest checkpoint")
     p.add_argument("--average-gates", action="store_true",
                    help="per-sample Zoo-Tuning: merge with the mean observed gates (approximate)")
     p.set_defaults(func=run)

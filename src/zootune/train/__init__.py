@@ -30,7 +30,16 @@ Pieces usable on their own:
 * ``build_run(cfg) -> Run(cfg, model, task, data, zoo)``; ``build_method_model(cfg, task, zoo)``
   applies ``cfg.method`` (zoo_tuning, zoo_tuning_lite, finetune, average_aggregation) to a
   :class:`Zoo` (``Zoo(models, names, preprocessing)``) you built yourself.
-* ``load_run(run_dir)`` (see :mod:`zootune.train.restore`) rebuilds a finished run's model.
+* ``zootune.train.restore.load_run(run_dir, weights="final"|"best"|"latest",
+  data_overrides=[...]) -> (Run, weights_path)`` rebuilds a run's trained model from its
+  folder without reading the source checkpoints again (what ``zootune eval``/``export`` use).
+* Errors a user can fix are :class:`zootune.errors.ZootuneError` subclasses (``ConfigError``,
+  ``DataError``, ``CheckpointError``, ``TrainingError`` for a diverged loss): one line in the CLI.
+
+Reproducibility: ``build_method_model`` seeds the global RNG with ``train.seed`` before creating
+new modules; ``fit`` reseeds, uses deterministic algorithms (``train.deterministic``), a fixed
+per-sample kernel instead of ``kernel: auto`` timing, and batches that are a pure function of
+``(seed, step)`` — so reruns, resumed runs and DDP runs (same global batch) agree.
 
 Selection on validation only: ``train.select: best`` restores the best-on-val weights before the
 test evaluation; ``last`` (default) keeps the final weights.
