@@ -93,10 +93,12 @@ def test_backbone_spec_loads_with_random_weights():
     assert any(k.startswith("rpn.") for k in rep.dropped)
 
 
-def test_backbone_spec_pretrained_from_checkpoint_dir(tmp_path, source_states, monkeypatch):
+def test_backbone_spec_pretrained_from_checkpoint_dir(tmp_path, source_states, request):
     """The pretrained path, offline: the weights file sits in a checkpoint directory under
     the name torchvision publishes it with."""
-    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    old = torch.hub.get_dir()
+    torch.hub.set_dir(str(tmp_path / "hub"))
+    request.addfinalizer(lambda: torch.hub.set_dir(old))
     src = source_states["deeplabv3_resnet50"]
     fname = "deeplabv3_resnet50_coco-cd0a2569.pth"
     torch.save(src, tmp_path / fname)
