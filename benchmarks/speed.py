@@ -297,7 +297,11 @@ def grid(shapes: list[str], ms: list[int], reps: int, threads: int) -> list[dict
 
 
 def key(c: dict) -> str:
-    return f"{c['shape']}/{c['phase']}/{c['method']}/m{c['m']}"
+    suffix = "/jemalloc" if c.get("jemalloc") else ""
+    return f"{c['shape']}/{c['phase']}/{c['method']}/m{c['m']}{suffix}"
+
+
+JEMALLOC = "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2"
 
 
 def environment() -> dict:
@@ -316,7 +320,6 @@ def environment() -> dict:
         "python": platform.python_version(),
         "torch": torch.__version__,
         "zootune": zootune.__version__,
-        "ld_preload": os.environ.get("LD_PRELOAD", ""),
     }
 
 
@@ -326,18 +329,20 @@ def write_markdown(results: dict, env: dict, command: str, layer_profile: dict) 
         "",
         f"Command: `{command}`  ",
         f"Machine: {env['machine']}; Python {env['python']}; torch {env['torch']}; "
-        f"zootune {env['zootune']}" + (f"; LD_PRELOAD={env['ld_preload']}" if env['ld_preload'] else ""),
+        f"zootune {env['zootune']}",
         "",
         "Ratios are against the plain model measured in the same run (same shape, same phase). "
         "Time = median of the timed steps; memory = peak resident set size of the process "
         "(model, optimizer state and the step). FLOPs from torch's FlopCounterMode.",
         "",
     ]
-    for shape, (b, s) in SHAPES.items():
-        rows = {k: v for k, v in results.items() if v["shape"] == shape}
+    for (shape, (b, s)), jem in [(kv, j) for j in (False, True) for kv in SHAPES.items()]:
+        rows = {k.replace("/jemalloc", ""): v for k, v in results.items()
+                if v["shape"] == shape and bool(v.get("jemalloc")) == jem}
         if not rows:
             continue
-        lines += [f"## {shape} shape: batch {b}, {s}x{s}, m=5 unless noted", ""]
+        alloc = " — with jemalloc (LD_PRELOAD)" if jem else " — default allocator (glibc)"
+        lines += [f"## {shape} shape: batch {b}, {s}x{s}, m=5 unless noted{alloc}", ""]
         lines += ["| phase | method | m | s/step | time ratio | FLOP ratio | peak RSS GB | mem ratio | target | met |",
                   "|---|---|---|---|---|---|---|---|---|---|"]
         for phase in ("train", "infer"):
@@ -385,6 +390,9 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=3, help="timed steps per cell (after one warm-up)")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--force", action="store_true", help="re-measure finished cells")
+    ap.add_argument("--jemalloc", action="store_true",
+                    help=f"run the workers with LD_PRELOAD={JEMALLOC} (Debian's libjemalloc2)")
+    ap.add_argument("--phases", default="train,infer", help="comma list of: train,infer")
     ap.add_argument("--profile-layers", action="store_true", help="also write the per-layer profile")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -400,7 +408,16 @@ def main() -> None:
     data["command"] = command
     shapes = [s for s in args.shapes.split(",") if s]
     ms = [int(v) for v in args.ms.split(",") if v]
+    env_vars = dict(os.environ)
+    if args.jemalloc:
+        if not os.path.exists(JEMALLOC):
+            raise SystemExit(f"{JEMALLOC} not found: apt-get install libjemalloc2")
+        env_vars["LD_PRELOAD"] = JEMALLOC
+    phases = set(args.phases.split(","))
     for cell in grid(shapes, ms, args.reps, args.threads):
+        if cell["phase"] not in phases:
+            continue
+        cell["jemalloc"] = bool(args.jemalloc)
         k = key(cell)
         if k in data["results"] and not args.force:
             print(f"skip {k} (done)")
@@ -408,7 +425,7 @@ def main() -> None:
         print(f"run  {k} ...", flush=True)
         proc = subprocess.run(
             [sys.executable, __file__, "--worker", json.dumps(cell)],
-            capture_output=True, text=True,
+            capture_output=True, text=True, env=env_vars,
         )
         if proc.returncode != 0:
             print(proc.stderr[-3000:], file=sys.stderr)

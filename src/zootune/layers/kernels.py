@@ -214,12 +214,16 @@ class PerSampleLinear(Kernel):
 _CHOICES: dict[tuple, str] = {}
 
 
-def _time_kernel(kernel: Kernel, x: torch.Tensor, w: torch.Tensor, repeats: int = 2) -> float:
+def _time_kernel(
+    kernel: Kernel, x: torch.Tensor, w: torch.Tensor, training: bool, need_x: bool, repeats: int = 3
+) -> float:
+    """Best-of-``repeats`` seconds of forward (+ backward when ``training``)."""
     gy = torch.randn_like(kernel.forward(x, w))
 
     def step():
         kernel.forward(x, w)
-        kernel.backward(x, w, gy, True, True)
+        if training:
+            kernel.backward(x, w, gy, need_x, True)
 
     step()  # warm-up (allocator, backend kernel selection)
     if x.is_cuda:
@@ -250,10 +254,12 @@ def choose_conv_kernel(
 ) -> str:
     """Time ``grouped`` and ``loop`` once for this shape and remember the faster one.
 
-    ``weight_shape`` is the per-sample weight's (B, C_out, C_in/groups, kH, kW). The key holds
+    Training (autograd on) times forward + backward, inference the forward only. ``weight_shape`` is the per-sample weight's (B, C_out, C_in/groups, kH, kW). The key holds
     everything that changes which is faster: shapes, hyper-parameters, dtype, device and memory
     format. The timing runs outside autograd on random data of the real shape.
     """
+    training = torch.is_grad_enabled()  # inference only needs the forward to be fast
+    need_x = training and x.requires_grad
     key = (
         tuple(x.shape),
         tuple(weight_shape),
@@ -261,6 +267,8 @@ def choose_conv_kernel(
         x.dtype,
         x.device.type,
         x.is_contiguous(memory_format=torch.channels_last),
+        training,
+        need_x,
     )
     choice = _CHOICES.get(key)
     if choice is None and _macs(x, weight_shape, spec) < AUTOTUNE_MIN_MACS:
@@ -269,7 +277,10 @@ def choose_conv_kernel(
         with torch.no_grad():
             xs = torch.randn_like(x)
             ws = torch.randn(weight_shape, dtype=x.dtype, device=x.device)
-            times = {k.name: _time_kernel(k, xs, ws) for k in (GroupedConv(spec), LoopConv(spec))}
+            times = {
+                k.name: _time_kernel(k, xs, ws, training, need_x)
+                for k in (GroupedConv(spec), LoopConv(spec))
+            }
         choice = min(times, key=times.get)
         _CHOICES[key] = choice
     return choice
