@@ -59,7 +59,7 @@ def test_crash_and_resume_equals_uninterrupted(tmp_path, method):
 
 # ---- real signals to a subprocess ---------------------------------------------------------------
 
-STEPS = 120
+STEPS = 200
 
 
 @pytest.fixture(scope="module")
