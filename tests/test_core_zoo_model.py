@@ -319,10 +319,15 @@ def test_inference_mode_then_training_then_no_grad():
     x = torch.randn(3, 3, 12, 12)
     zm.eval()
     with torch.inference_mode():
-        y1 = zm(x)
+        zm(x)
     zm.train()
     zm(x).sum().backward()
+    torch.optim.SGD(zm.parameters(), lr=0.1).step()
     zm.eval()
+    with torch.inference_mode():
+        y1 = zm(x)
     with torch.no_grad():
         y2 = zm(x)
-    torch.testing.assert_close(y1, y2)  # no optimizer step: same function
+    y3 = zm(x)  # autograd on: nothing cached
+    torch.testing.assert_close(y1, y3)
+    torch.testing.assert_close(y2, y3)
