@@ -40,9 +40,13 @@ def global_batch_mean(a: torch.Tensor, differentiable: bool) -> torch.Tensor:
         return a.mean(dim=0)
     stats = torch.cat([a.sum(dim=0), a.new_tensor([float(a.shape[0])])])
     if differentiable:
-        from torch.distributed.nn.functional import all_reduce
+        # all-gather with autograd (its backward sums every rank's gradient for our slice),
+        # then add up the ranks: a differentiable all-reduce.
+        from torch.distributed._functional_collectives import all_gather_single_autograd
 
-        stats = all_reduce(stats)
+        world = dist.get_world_size()
+        gathered = all_gather_single_autograd(stats, 0, dist.group.WORLD)
+        stats = gathered.view(world, -1).sum(dim=0)
     else:
         stats = stats.detach().clone()
         dist.all_reduce(stats)
