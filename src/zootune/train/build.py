@@ -181,7 +181,9 @@ def build_method_model(cfg: Config, task: Any, zoo: Zoo) -> nn.Module:
     if method == "zoo_tuning_lite":
         kwargs["lite"] = True
     elif method == "average_aggregation":
-        kwargs.update(align=False, gate="normalized", gate_init="uniform")
+        # equal frozen gates: per-sample and lite compute the same averaged weights, lite with
+        # one ordinary convolution per layer (and it exports to a plain model)
+        kwargs.update(align=False, gate="normalized", gate_init="uniform", lite=True)
     zm = zootune.zoo_tune(models, **kwargs)
     if method == "average_aggregation":
         zm.freeze_gates()
