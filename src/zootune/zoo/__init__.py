@@ -10,6 +10,7 @@ Main entry points::
     m = load("timm:resnet50.a1_in1k")                       # an nn.Module
     m = load("torchvision:resnet50:IMAGENET1K_V1", pretrained=False)   # same arch, random
     m = load("file:moco.pth.tar arch=resnet50")             # raw checkpoint into an arch
+    m = load("file:w.safetensors arch=mypkg.models:SmallNet")  # ... or into your own builder
 
     zoo = load_zoo("paper-resnet50")                         # the paper's five ResNet-50s
     zoo = load_zoo(["timm:resnet50.a1_in1k", "torchvision:resnet50"], strip_heads=True,

@@ -160,12 +160,16 @@ def _library_load(spec: ZooSpec, path: Path, fn: Any) -> nn.Module:
 
 
 def build_arch(arch: str, num_classes: int | None = None) -> tuple[nn.Module, Preprocessing, str]:
-    """A randomly initialised model of ``arch`` (``resnet50``, ``torchvision:x``, ``timm:x``).
+    """A randomly initialised model of ``arch``; returns ``(model, preprocessing, label)``.
 
-    A bare name is looked up in torchvision's classification models first (the paper's zoo
-    uses torchvision's ResNet-50 keys), then in timm. Returns ``(model, preprocessing, label)``.
+    ``arch`` is ``resnet50``, ``torchvision:NAME``, ``timm:NAME`` or the import path of a model
+    builder, ``package.module:callable`` (a class or function returning an ``nn.Module``, e.g.
+    ``zootune.demo.model:MiniCNN``). A bare name is looked up in torchvision's classification
+    models first (the paper's zoo uses torchvision's ResNet-50 keys), then in timm.
     """
     kind, _, name = arch.partition(":") if ":" in arch else ("", "", arch)
+    if kind not in ("", "timm", "torchvision"):
+        return _build_imported(arch, kind, name, num_classes)
     kw = {} if num_classes is None else {"num_classes": int(num_classes)}
     if kind in ("", "torchvision") and name in classification_models():
         tvm = _tv()
@@ -181,11 +185,70 @@ def build_arch(arch: str, num_classes: int | None = None) -> tuple[nn.Module, Pr
         if timm.is_model(name):
             model = timm.create_model(name, pretrained=False, **kw)
             return model, from_timm_model(model, f"assumed: timm {name} default"), f"timm:{name}"
-    if kind not in ("", "timm", "torchvision"):
-        raise ZooSpecError(f"arch={arch!r}: expected NAME, torchvision:NAME or timm:NAME")
     choices = classification_models()
     raise ZooSpecError(f"arch={arch!r}: no torchvision or timm architecture of that name"
-                       + _close(name, choices))
+                       + _close(name, choices)
+                       + "; a model builder of your own is named package.module:callable")
+
+
+def _build_imported(arch: str, module: str, attr: str,
+                    num_classes: int | None) -> tuple[nn.Module, Preprocessing, str]:
+    """``arch=package.module:callable``: import the builder and call it.
+
+    ``num_classes`` is passed as a keyword when known. A builder whose ``num_classes``
+    parameter is required gets a placeholder (1) when it is not known yet: the caller
+    (:func:`build_from_file`) rebuilds the model with the checkpoint's head size. As the
+    trainer's ``zoo.builder``, this imports code named by the user (the spec is trusted input).
+
+    Preprocessing: the model's (or the builder's) ``zootune_preprocessing`` attribute when it
+    has one (a :class:`Preprocessing` or a mapping of its fields), else the ImageNet default;
+    a checkpoint's ``preprocessing`` metadata overrides both (:func:`build_from_file`).
+    """
+    import importlib
+    import inspect
+
+    if not module or not attr or not all(p.isidentifier() for p in module.split(".") + attr.split(".")):
+        raise ZooSpecError(f"arch={arch!r}: expected NAME, torchvision:NAME, timm:NAME or "
+                           "package.module:callable")
+    try:
+        fn: Any = importlib.import_module(module)
+    except ImportError as exc:
+        raise ZooSpecError(f"arch={arch!r}: cannot import module {module!r} "
+                           f"({type(exc).__name__}: {exc})") from None
+    for part in attr.split("."):
+        if not hasattr(fn, part):
+            raise ZooSpecError(f"arch={arch!r}: module {module!r} has no attribute {attr!r}")
+        fn = getattr(fn, part)
+    if not callable(fn):
+        raise ZooSpecError(f"arch={arch!r}: {attr!r} is not callable")
+    kw: dict[str, Any] = {}
+    if num_classes is not None:
+        kw["num_classes"] = int(num_classes)
+    else:
+        with contextlib.suppress(TypeError, ValueError):
+            p = inspect.signature(fn).parameters.get("num_classes")
+            if p is not None and p.default is inspect.Parameter.empty:
+                kw["num_classes"] = 1  # placeholder until the checkpoint's head size is known
+    try:
+        model = fn(**kw)
+    except TypeError as exc:
+        raise ZooSpecError(f"arch={arch!r}: calling {attr}({', '.join(f'{k}={v}' for k, v in kw.items())}) "
+                           f"failed: {exc}") from None
+    if not isinstance(model, nn.Module):
+        raise ZooSpecError(f"arch={arch!r}: {attr} returned {type(model).__name__}, not an nn.Module")
+    pre = getattr(model, "zootune_preprocessing", None) or getattr(fn, "zootune_preprocessing", None)
+    if isinstance(pre, dict):
+        d = {"source": f"declared by {arch}", **pre}
+        for key in ("input_size", "mean", "std"):
+            if d.get(key) is not None:
+                d[key] = tuple(d[key])
+        try:
+            pre = Preprocessing(**d)
+        except TypeError as exc:
+            raise ZooSpecError(f"arch={arch!r}: bad zootune_preprocessing ({exc})") from None
+    if not isinstance(pre, Preprocessing):
+        pre = Preprocessing(source=f"assumed: ImageNet default ({arch} declares none)")
+    return model, pre, arch
 
 
 def load_tensors_into(

@@ -17,7 +17,8 @@ Grammar (one member)::
 - ``url:URL`` -- a checkpoint downloaded once into torch's hub cache, loaded into ``arch=``.
 
 Options after the target, separated by spaces: ``arch=`` (the architecture a raw checkpoint is
-loaded into: ``resnet50``, ``torchvision:resnet50`` or ``timm:resnet50``), ``name=`` (a short
+loaded into: ``resnet50``, ``torchvision:resnet50``, ``timm:resnet50``, or the import path
+of a model builder, ``package.module:callable``, e.g. ``zootune.demo.model:MiniCNN``), ``name=`` (a short
 name used in reports), ``strict=false`` (allow trunk keys missing from a checkpoint). A spec
 may also be given as a mapping ``{"spec": "file:a.pth", "arch": "resnet50", "name": "a"}``
 (handy in YAML when a path holds spaces). A bare path to an existing checkpoint file is read as
