@@ -36,8 +36,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import time
 
-    import torch
-
     from zootune.demo.run import RECIPE, format_table, run_demo, write_outputs
     from zootune.errors import ZootuneError
 
@@ -54,7 +52,6 @@ def run(args: argparse.Namespace) -> int:
         recipe["labels_per_class"] = args.labels_per_class
     if args.no_greek:
         recipe["greek"] = False
-    torch.set_num_threads(min(torch.get_num_threads(), 4))  # tiny convs: more threads only contend
     t0 = time.time()
     print(f"zootune demo: mini zoo -> {'digits + held-apart Greek' if recipe['greek'] else 'digits'}"
           f", {recipe['labels_per_class']} labels/class, {recipe['steps']} steps/method, seed {args.seed}",

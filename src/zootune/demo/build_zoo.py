@@ -35,6 +35,10 @@ from zootune.demo.data import ZOO_DOMAINS, glyph_splits
 from zootune.demo.model import RESOLUTION, MiniCNN
 from zootune.demo.zoo import MANIFEST, WEIGHTS_DIR, load_member
 
+#: Intra-op threads. Convolutions this small gain little from more, and on a shared machine
+#: several spinning OpenMP threads per process cost far more than they give.
+THREADS = 1
+
 #: The recipe (Adam, cosine schedule with warm-up; batch 128 for the base, 64 for specialists).
 RECIPE: dict[str, dict[str, Any]] = {
     "base": {"steps": 2000, "batch_size": 128, "lr": 2e-3, "n_train": 150, "warmup": 100},
@@ -52,7 +56,7 @@ def _config(steps: int, batch_size: int, lr: float, warmup: int, seed: int):
         "schedule": {"name": "cosine", "warmup_steps": warmup},
         "train": {"steps": steps, "batch_size": batch_size, "eval_every": 0, "log_every": 50,
                   "checkpoint_every": 0, "seed": seed, "select": "last", "tensorboard": False,
-                  "progress": sys.stderr.isatty()},
+                  "progress": sys.stderr.isatty(), "threads": THREADS},
     })
 
 

@@ -126,7 +126,7 @@ def _greek_pool() -> TensorImages:
 
 
 def target_splits(labels_per_class: int | None = 10, seed: int = 0, *, greek: bool = True,
-                  val_fraction: float = 0.15, test_fraction: float = 0.35,
+                  val_fraction: float = 0.2, test_fraction: float = 0.2,
                   resolution: int = RESOLUTION, augment: bool = True) -> DataSplits:
     """The demo's target: digits (classes ``0``-``9``) + held-apart Greek letters (10-19).
 

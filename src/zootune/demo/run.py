@@ -47,6 +47,7 @@ RECIPE: dict[str, Any] = {
     "gate": "normalized",
     "gate_init": "uniform",
     "gate_hidden": None,
+    "threads": 1,  # intra-op threads: tiny convs gain little from more; contention costs a lot
 }
 
 #: Aggregation methods (besides fine-tuning each source).
@@ -65,13 +66,13 @@ def demo_config(method: str, seed: int, recipe: dict[str, Any], source: int = 0)
         "zoo_tune": {"gate": recipe["gate"], "gate_init": recipe["gate_init"],
                      "gate_hidden": recipe["gate_hidden"]},
         "data": {"name": "demo_target", "labels_per_class": recipe["labels_per_class"],
-                 "seed": seed, "options": {"greek": recipe["greek"]}},
+                 "val_fraction": 0.2, "test_fraction": 0.2, "seed": seed, "options": {"greek": recipe["greek"]}},
         "optim": {"name": "adam", "lr": recipe["lr"], "head_lr": recipe["head_lr"],
                   "gate_lr": recipe["gate_lr"], "weight_decay": recipe["weight_decay"]},
         "schedule": {"name": "cosine", "warmup_steps": recipe["warmup_steps"]},
         "train": {"steps": recipe["steps"], "batch_size": recipe["batch_size"], "eval_every": 0,
                   "log_every": 25, "checkpoint_every": 0, "seed": seed, "select": "last",
-                  "tensorboard": False, "progress": False},
+                  "tensorboard": False, "progress": False, "threads": recipe["threads"]},
     })
 
 
