@@ -41,6 +41,18 @@ PAIRS = (("zoo_tuning", "finetune_best"), ("zoo_tuning_lite", "finetune_best"),
          ("exported_lite", "zoo_tuning_lite"))
 
 
+NOTES_MARK = "<!-- notes: hand-written analysis below is kept when the tables are rewritten -->"
+
+
+def keep_notes(path: Path, text: str) -> str:
+    """``text`` followed by the hand-written notes of the existing ``path`` (after NOTES_MARK)."""
+    if path.is_file():
+        old = path.read_text()
+        if NOTES_MARK in old:
+            return text.rstrip("\n") + "\n\n" + NOTES_MARK + old.split(NOTES_MARK, 1)[1]
+    return text
+
+
 def _atomic_write(path: Path, text: str) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(text)
@@ -157,7 +169,8 @@ def main(argv: list[str] | None = None) -> int:
     summary = summarize(selected)
     _atomic_write(RESULTS / f"{args.name}.json",
                   json.dumps({"meta": meta, "summary": summary}, indent=2, ensure_ascii=False))
-    _atomic_write(RESULTS / f"{args.name}.md", markdown(summary, meta))
+    md_path = RESULTS / f"{args.name}.md"
+    _atomic_write(md_path, keep_notes(md_path, markdown(summary, meta)))
     print(markdown(summary, meta))
     return 0
 

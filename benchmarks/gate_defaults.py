@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from demo_seeds import RESULTS, _atomic_write, _stats
+from demo_seeds import RESULTS, _atomic_write, _stats, keep_notes
 
 #: Variant name -> gate settings (``gate``, ``gate_init``, ``gate_hidden``).
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -33,6 +33,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "normalized/default": {"gate": "normalized", "gate_init": "default"},
     "softmax/uniform": {"gate": "softmax", "gate_init": "uniform"},
     "normalized/uniform, hidden 16": {"gate": "normalized", "gate_init": "uniform", "gate_hidden": 16},
+    "normalized/uniform, gate lr 1e-2": {"gate": "normalized", "gate_init": "uniform", "gate_lr": 1e-2},
 }
 REFERENCE = "sigmoid/kaiming (paper + reference code)"
 METHODS = ("zoo_tuning", "zoo_tuning_lite")
@@ -113,7 +114,8 @@ def main(argv: list[str] | None = None) -> int:
     if refs:
         md += ["", "Same seeds, same recipe (from `demo_cells.json`): " + ", ".join(
             f"{m} {100 * st['mean']:.1f} ± {100 * st['std']:.1f}" for m, st in refs.items()) + "."]
-    _atomic_write(RESULTS / "gate_defaults.md", "\n".join(md) + "\n")
+    md_path = RESULTS / "gate_defaults.md"
+    _atomic_write(md_path, keep_notes(md_path, "\n".join(md) + "\n"))
     print("\n".join(md))
     return 0
 
