@@ -1,30 +1,37 @@
 """Speed, memory and FLOPs of Zoo-Tuning against a plain single model, side by side.
 
-    python benchmarks/speed.py                 # full grid (paper shape + quick shape), resumable
-    python benchmarks/speed.py --shapes quick  # only batch 16 @ 112x112
-    python benchmarks/speed.py --profile-layers --shapes paper   # per-layer ratios
+    python benchmarks/speed.py                       # quick + paper shapes, resumable
+    python benchmarks/speed.py --shapes quick        # only batch 16 @ 112x112
+    python benchmarks/speed.py --profile-layers --shapes paper --phases none
 
-Every measurement runs in its own subprocess (so its peak memory is its own) and the grid is
-interleaved by shape; results go to ``benchmarks/results/speed.json`` after each cell (finished
-cells are skipped on a re-run; ``--force`` re-measures) and ``speed.md`` is rebuilt from them.
+Models (torchvision ResNet-50, random weights, m sources, zootune defaults):
 
-Configurations (torchvision ResNet-50, random weights, m sources):
+* ``plain``           — one ResNet-50: the floor every ratio is against;
+* ``zoo``             — per-sample Zoo-Tuning;
+* ``lite``            — lite Zoo-Tuning (training: one merged kernel per layer);
+* ``exported``        — the plain model exported from lite (inference only);
+* ``straightforward`` — the same maths written directly on the same ZooModel: einsum per-sample
+  weights, one grouped convolution with the batch folded into the groups, alignment recomputed on
+  every call, autograd keeping everything (the reference point for our kernels).
 
-* ``plain``       — one ResNet-50 (the floor every ratio is against);
-* ``zoo``         — per-sample Zoo-Tuning (zootune defaults);
-* ``lite``        — lite Zoo-Tuning (training: one merged kernel per layer);
-* ``exported``    — the plain model exported from lite (inference only);
-* ``straightforward`` — the same maths written directly: einsum per-sample weights, one grouped
-  convolution with the batch folded into groups, alignment recomputed on every call, autograd
-  keeping everything (the reference point for our kernels).
+Train = forward + backward + SGD step; inference = forward in eval mode under
+``torch.inference_mode``.
 
-Train = forward + backward + SGD step; inference = forward under ``torch.inference_mode`` in eval
-mode. FLOPs are counted with ``torch.utils.flop_counter.FlopCounterMode`` on one step.
+Timing runs every method of one (shape, phase, m) cell in ONE process, interleaved: a warm-up
+round, then ``--reps`` rounds in which each method runs one step in turn; the reported time is
+the best of the rounds. On a shared machine, load from other processes then hits all methods
+alike, and the minimum is the estimate least disturbed by it. Peak memory (resident set size) and
+FLOPs (``torch.utils.flop_counter.FlopCounterMode``, with a groups-aware formula for convolution
+backward) come from a separate fresh process per method. Results go to
+``benchmarks/results/speed.json`` after each cell (finished cells are skipped on a re-run;
+``--force`` re-measures) and ``speed.md`` is rebuilt from them, followed by
+``speed_notes.md`` (analysis written by hand).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -32,11 +39,16 @@ import resource
 import subprocess
 import sys
 import time
+import types
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 SHAPES = {"paper": (48, 224), "quick": (16, 112)}
+METHODS = {
+    "train": ["plain", "zoo", "lite", "straightforward"],
+    "infer": ["plain", "zoo", "lite", "exported", "straightforward"],
+}
 TARGETS = {  # ratio to plain at the paper shape (issue 3)
     ("train", "zoo"): 1.35,
     ("train", "lite"): 1.2,
@@ -44,10 +56,11 @@ TARGETS = {  # ratio to plain at the paper shape (issue 3)
     ("infer", "exported"): 1.0,
 }
 MEM_TARGET = ("train", "zoo", 1.8)
+JEMALLOC = "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2"
 
 
 # ----------------------------------------------------------------------------------------------
-# Worker: one measurement in a fresh process
+# Models and steps (run inside worker processes)
 # ----------------------------------------------------------------------------------------------
 
 
@@ -82,32 +95,6 @@ def straightforward_forward(layer, x):
         s.stride, s.padding, s.dilation, B * s.groups,
     )
     return y.view(B, -1, *y.shape[2:])
-
-
-def build(method: str, m: int):
-    import torch
-    import torchvision
-
-    import zootune
-
-    torch.manual_seed(0)
-    if method == "plain":
-        return torchvision.models.resnet50()
-    zoo = [torchvision.models.resnet50() for _ in range(m)]
-    if method in ("lite", "exported"):
-        zm = zootune.zoo_tune(zoo, lite=True)
-    else:
-        zm = zootune.zoo_tune(zoo)
-    del zoo
-    if method == "exported":
-        zm.eval()
-        return zm.export()
-    if method == "straightforward":
-        import types
-
-        for layer in zm.adaagg_layers().values():
-            layer.forward = types.MethodType(straightforward_forward, layer)
-    return zm
 
 
 def conv_backward_flops(grad_out_shape, x_shape, w_shape, _bias, _stride, _padding, _dilation,
@@ -151,57 +138,144 @@ def count_flops(model, phase: str, size: int, batch: int) -> int:
     return counter.get_total_flops()
 
 
-def rss_gb() -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 2**20
-    return float("nan")
+def build_models(methods: list[str], m: int, exported_file: str | None = None) -> dict:
+    """One model per method; ``straightforward`` shares the per-sample ZooModel (its layers switch
+    to :func:`straightforward_forward` only during that method's steps). With ``exported_file``
+    the exported model is a fresh ResNet-50 loaded from that file (what a deployment holds)."""
+    import torch
+    import torchvision
+
+    import zootune
+
+    torch.manual_seed(0)
+    models = {}
+    if exported_file is not None and "exported" in methods:
+        from safetensors.torch import load_file
+
+        models["exported"] = torchvision.models.resnet50()
+        models["exported"].load_state_dict(load_file(exported_file))
+        methods = [meth for meth in methods if meth != "exported"]
+    if "plain" in methods:
+        models["plain"] = torchvision.models.resnet50()
+    if {"zoo", "straightforward"} & set(methods):
+        models["zoo"] = zootune.zoo_tune([torchvision.models.resnet50() for _ in range(m)])
+    if {"lite", "exported"} & set(methods):
+        lite = zootune.zoo_tune([torchvision.models.resnet50() for _ in range(m)], lite=True)
+        if "lite" in methods:
+            models["lite"] = lite
+        if "exported" in methods:
+            lite.eval()
+            models["exported"] = lite.export()
+    return models
 
 
-def worker(spec: dict) -> dict:
+@contextlib.contextmanager
+def straightforward_mode(zm):
+    """Inside: the ZooModel's AdaAgg layers run :func:`straightforward_forward`."""
+    layers = list(zm.adaagg_layers().values())
+    for layer in layers:
+        layer.forward = types.MethodType(straightforward_forward, layer)
+    try:
+        yield
+    finally:
+        for layer in layers:
+            del layer.forward
+
+
+def model_of(method: str, models: dict):
+    return models["zoo" if method == "straightforward" else method]
+
+
+def mode_of(method: str, models: dict):
+    if method == "straightforward":
+        return straightforward_mode(models["zoo"])
+    return contextlib.nullcontext()
+
+
+def make_step(method: str, models: dict, phase: str, x, target):
+    """A closure running one training step (or one inference forward) of ``method``."""
     import torch
 
-    torch.set_num_threads(spec["threads"])
-    batch, size = SHAPES[spec["shape"]]
-    model = build(spec["method"], spec["m"])
-    x = torch.randn(batch, 3, size, size)
-    target = torch.randint(0, 1000, (batch,))
-    if spec["phase"] == "train":
-        model.train()
+    model = model_of(method, models)
+    if phase == "train":
         opt = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
         loss_fn = torch.nn.CrossEntropyLoss()
 
         def step():
-            opt.zero_grad(set_to_none=True)
-            loss_fn(model(x), target).backward()
-            opt.step()
+            model.train()
+            with mode_of(method, models):
+                opt.zero_grad(set_to_none=True)
+                loss_fn(model(x), target).backward()
+                opt.step()
+
     else:
-        model.eval()
 
         def step():
-            with torch.inference_mode():
+            model.eval()
+            with mode_of(method, models), torch.inference_mode():
                 model(x)
 
-    step()  # warm-up: allocator, backend kernels, auto kernel choice
-    base_rss = rss_gb()
-    times = []
-    for _ in range(spec["reps"]):
-        t0 = time.perf_counter()
+    return step
+
+
+def setup(spec: dict):
+    """Threads, denormal flushing and one fixed input batch for a worker process."""
+    import torch
+
+    torch.set_num_threads(spec["threads"])
+    # Random weights averaged over the zoo shrink activations layer by layer in eval mode until
+    # they are denormal floats, which x86 CPUs process ~10x slower: an artefact of random
+    # weights, not of the method, so denormals are flushed to zero for every method alike.
+    torch.set_flush_denormal(True)
+    batch, size = SHAPES[spec["shape"]]
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(batch, 3, size, size, generator=g)
+    target = torch.randint(0, 1000, (batch,), generator=g)
+    return batch, size, x, target
+
+
+def time_worker(spec: dict) -> dict:
+    """Seconds per step of every method in ``spec['methods']``, interleaved (module docstring)."""
+    _, _, x, target = setup(spec)
+    models = build_models(spec["methods"], spec["m"])
+    steps = {meth: make_step(meth, models, spec["phase"], x, target) for meth in spec["methods"]}
+    for step in steps.values():  # warm-up: allocator, backend kernels, auto kernel choice
         step()
-        times.append(time.perf_counter() - t0)
+    times: dict[str, list[float]] = {meth: [] for meth in steps}
+    for _ in range(spec["reps"]):
+        for meth, step in steps.items():
+            t0 = time.perf_counter()
+            step()
+            times[meth].append(time.perf_counter() - t0)
+    return times
+
+
+def export_worker(spec: dict) -> dict:
+    """Build the lite ZooModel, export it and save the plain model to ``spec['path']``."""
+    import zootune
+
+    setup(spec)
+    models = build_models(["exported"], spec["m"])
+    zootune.save(models["exported"], spec["path"])
+    return {"path": spec["path"]}
+
+
+def memory_worker(spec: dict) -> dict:
+    """Peak RSS of one method's steps in a fresh process, its FLOPs and parameter count."""
+    batch, size, x, target = setup(spec)
+    meth = spec["method"]
+    models = build_models([meth], spec["m"], spec.get("exported_file"))
+    step = make_step(meth, models, spec["phase"], x, target)
+    step()
+    step()
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-    f1, f2 = (count_flops(model, spec["phase"], size, b) for b in (1, 2))
-    flops = f1 + (batch - 1) * (f2 - f1)
-    params = sum(p.numel() for p in model.parameters())
+    model = model_of(meth, models)
+    with mode_of(meth, models):
+        f1, f2 = (count_flops(model, spec["phase"], size, b) for b in (1, 2))
     return {
-        **spec,
-        "seconds": sorted(times)[len(times) // 2],
-        "all_seconds": times,
         "peak_rss_gb": peak,
-        "rss_before_step_gb": base_rss,
-        "flops": flops,
-        "params": params,
+        "flops": f1 + (batch - 1) * (f2 - f1),
+        "params": sum(p.numel() for p in model.parameters()),
     }
 
 
@@ -274,36 +348,6 @@ def profile_layers(shape: str, m: int, threads: int, reps: int) -> list[dict]:
     return list(seen.values())
 
 
-# ----------------------------------------------------------------------------------------------
-# Driver
-# ----------------------------------------------------------------------------------------------
-
-
-def grid(shapes: list[str], ms: list[int], reps: int, threads: int) -> list[dict]:
-    cells = []
-    for shape in shapes:
-        for phase, methods in (
-            ("train", ["plain", "zoo", "lite", "straightforward"]),
-            ("infer", ["plain", "zoo", "lite", "exported", "straightforward"]),
-        ):
-            for method in methods:
-                cells.append(dict(shape=shape, phase=phase, method=method, m=5))
-        for m in ms:
-            if m != 5:
-                cells.append(dict(shape=shape, phase="train", method="zoo", m=m))
-    for c in cells:
-        c.update(reps=reps, threads=threads)
-    return cells
-
-
-def key(c: dict) -> str:
-    suffix = "/jemalloc" if c.get("jemalloc") else ""
-    return f"{c['shape']}/{c['phase']}/{c['method']}/m{c['m']}{suffix}"
-
-
-JEMALLOC = "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2"
-
-
 def environment() -> dict:
     import torch
 
@@ -323,126 +367,170 @@ def environment() -> dict:
     }
 
 
-def write_markdown(results: dict, env: dict, command: str, layer_profile: dict) -> None:
+# ----------------------------------------------------------------------------------------------
+# Driver
+# ----------------------------------------------------------------------------------------------
+
+
+def cell_key(shape: str, phase: str, method: str, m: int, jemalloc: bool) -> str:
+    return f"{shape}/{phase}/{method}/m{m}" + ("/jemalloc" if jemalloc else "")
+
+
+def run_worker(kind: str, spec: dict, env: dict) -> dict:
+    proc = subprocess.run(
+        [sys.executable, __file__, "--worker", kind, json.dumps(spec)],
+        capture_output=True, text=True, env=env,
+    )
+    if proc.returncode != 0:
+        print(proc.stderr[-3000:], file=sys.stderr)
+        raise SystemExit(f"{kind} worker failed for {spec}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def cells(shapes, phases, ms, sweep_shapes):
+    """(shape, phase, methods, m) groups timed together."""
+    out = []
+    for shape in shapes:
+        for phase in phases:
+            out.append((shape, phase, METHODS[phase], 5))
+        if "train" in phases and shape in sweep_shapes:
+            out += [(shape, "train", ["plain", "zoo"], m) for m in ms if m != 5]
+    return out
+
+
+def write_markdown(data: dict) -> None:
+    env, results = data["environment"], data["results"]
     lines = [
         "# Speed and memory: Zoo-Tuning vs one plain ResNet-50",
         "",
-        f"Command: `{command}`  ",
+        f"Command: `{data['command']}`  ",
         f"Machine: {env['machine']}; Python {env['python']}; torch {env['torch']}; "
-        f"zootune {env['zootune']}",
+        f"zootune {env['zootune']}; {env['threads']} threads.",
         "",
-        "Ratios are against the plain model measured in the same run (same shape, same phase). "
-        "Time = median of the timed steps; memory = peak resident set size of the process "
-        "(model, optimizer state and the step). FLOPs from torch's FlopCounterMode.",
+        "Every ratio is against the plain model timed in the same process, interleaved step by "
+        "step with the others (best of the rounds; see the script's docstring). Memory = peak "
+        "resident set size of a fresh process running that method (model, optimizer state, "
+        "step). FLOPs from torch's FlopCounterMode (groups-aware convolution backward).",
         "",
     ]
-    for (shape, (b, s)), jem in [(kv, j) for j in (False, True) for kv in SHAPES.items()]:
-        rows = {k.replace("/jemalloc", ""): v for k, v in results.items()
-                if v["shape"] == shape and bool(v.get("jemalloc")) == jem}
-        if not rows:
-            continue
-        alloc = " — with jemalloc (LD_PRELOAD)" if jem else " — default allocator (glibc)"
-        lines += [f"## {shape} shape: batch {b}, {s}x{s}, m=5 unless noted{alloc}", ""]
-        lines += ["| phase | method | m | s/step | time ratio | FLOP ratio | peak RSS GB | mem ratio | target | met |",
-                  "|---|---|---|---|---|---|---|---|---|---|"]
-        for phase in ("train", "infer"):
-            base = rows.get(f"{shape}/{phase}/plain/m5")
-            for k, r in sorted(rows.items(), key=lambda kv: (kv[1]["phase"] != "train", kv[1]["m"], kv[0])):
-                if r["phase"] != phase:
-                    continue
-                tr = r["seconds"] / base["seconds"] if base else float("nan")
-                fr = r["flops"] / base["flops"] if base else float("nan")
-                mr = r["peak_rss_gb"] / base["peak_rss_gb"] if base else float("nan")
-                tgt = TARGETS.get((phase, r["method"])) if shape == "paper" and r["m"] == 5 else None
-                tgt_s, met = "", ""
-                if tgt is not None:
-                    tgt_s = f"<= {tgt:.2f}x"
-                    met = "yes" if tr <= tgt + 0.05 * (tgt == 1.0) else "no"
-                if shape == "paper" and (phase, r["method"]) == MEM_TARGET[:2] and r["m"] == 5:
-                    tgt_s += f", mem <= {MEM_TARGET[2]}x"
-                    met += "/" + ("yes" if mr <= MEM_TARGET[2] else "no")
+    for jem in (False, True):
+        for shape, (b, s) in SHAPES.items():
+            rows = [r for r in results.values() if r["shape"] == shape and r["jemalloc"] == jem]
+            if not rows:
+                continue
+            alloc = "with jemalloc (LD_PRELOAD)" if jem else "default allocator (glibc)"
+            lines += [f"## {shape} shape: batch {b}, {s}x{s} — {alloc}", "",
+                      "| phase | method | m | s/step | time ratio | FLOP ratio | peak RSS GB | "
+                      "mem ratio | target (paper shape) | met |",
+                      "|---|---|---|---|---|---|---|---|---|---|"]
+            for r in sorted(rows, key=lambda r: (r["phase"] != "train", r["m"],
+                                                 METHODS[r["phase"]].index(r["method"]))):
+                base = results.get(cell_key(shape, r["phase"], "plain", r["m"], jem))
+                tr = r["seconds"] / base["seconds"]
+                fr = r["flops"] / base["flops"] if r.get("flops") else float("nan")
+                mr = r["peak_rss_gb"] / base["peak_rss_gb"] if r.get("peak_rss_gb") else float("nan")
+                tgt, met = "", ""
+                if shape == "paper" and r["m"] == 5 and (r["phase"], r["method"]) in TARGETS:
+                    t = TARGETS[(r["phase"], r["method"])]
+                    tgt, met = f"time <= {t:.2f}x", "yes" if tr <= max(t, 1.02) else "no"
+                    if (r["phase"], r["method"]) == MEM_TARGET[:2]:
+                        tgt += f", mem <= {MEM_TARGET[2]}x"
+                        met += "/" + ("yes" if mr <= MEM_TARGET[2] else "no")
+                peak = f"{r['peak_rss_gb']:.2f}" if r.get("peak_rss_gb") else "-"
                 lines.append(
-                    f"| {phase} | {r['method']} | {r['m']} | {r['seconds']:.3f} | {tr:.2f}x | "
-                    f"{fr:.2f}x | {r['peak_rss_gb']:.2f} | {mr:.2f}x | {tgt_s} | {met} |"
+                    f"| {r['phase']} | {r['method']} | {r['m']} | {r['seconds']:.3f} | {tr:.2f}x | "
+                    f"{fr:.2f}x | {peak} | {mr:.2f}x | {tgt} | {met} |"
                 )
-        lines.append("")
-    for shape, rows in layer_profile.items():
-        lines += [f"## Per-layer profile ({shape} shape, forward+backward of one aggregated conv vs the plain conv)", "",
-                  "| first layer | count | input CxHxW | out | k | stride | aligned | kernel | plain ms | zoo ms | ratio |",
+            lines.append("")
+    for shape, rows in data.get("layer_profile", {}).items():
+        lines += [f"## Per-layer profile ({shape} shape): forward+backward of one aggregated conv "
+                  "vs the plain conv, same input", "",
+                  "| first layer | count | input CxHxW | out | k | stride | aligned | kernel | "
+                  "plain ms | zoo ms | ratio |",
                   "|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in rows:
             lines.append(
-                f"| {r['layer']} | {r['count']} | {'x'.join(map(str, r['input']))} | {r['out_channels']} | "
-                f"{r['kernel_size'][0]} | {r['stride'][0]} | {r['aligned']} | {r['kernel']} | "
-                f"{r['plain_ms']:.1f} | {r['zoo_ms']:.1f} | {r['ratio']:.2f}x |"
+                f"| {r['layer']} | {r['count']} | {'x'.join(map(str, r['input']))} | "
+                f"{r['out_channels']} | {r['kernel_size'][0]} | {r['stride'][0]} | {r['aligned']} | "
+                f"{r['kernel']} | {r['plain_ms']:.1f} | {r['zoo_ms']:.1f} | {r['ratio']:.2f}x |"
             )
         lines.append("")
     notes = RESULTS / "speed_notes.md"
     if notes.exists():
-        lines += [notes.read_text()]
+        lines.append(notes.read_text())
     (RESULTS / "speed.md").write_text("\n".join(lines))
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--shapes", default="paper,quick", help="comma list of: " + ",".join(SHAPES))
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--shapes", default="quick,paper", help="comma list of: " + ",".join(SHAPES))
+    ap.add_argument("--phases", default="train,infer", help="comma list of: train,infer (or none)")
     ap.add_argument("--ms", default="2,3,5,8", help="numbers of sources for the train step")
-    ap.add_argument("--reps", type=int, default=3, help="timed steps per cell (after one warm-up)")
+    ap.add_argument("--m-sweep-shapes", default="quick,paper",
+                    help="shapes at which the train step is also timed for every m in --ms")
+    ap.add_argument("--reps", type=int, default=3, help="timed rounds after one warm-up round")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
-    ap.add_argument("--force", action="store_true", help="re-measure finished cells")
     ap.add_argument("--jemalloc", action="store_true",
                     help=f"run the workers with LD_PRELOAD={JEMALLOC} (Debian's libjemalloc2)")
-    ap.add_argument("--phases", default="train,infer", help="comma list of: train,infer")
-    ap.add_argument("--profile-layers", action="store_true", help="also write the per-layer profile")
-    ap.add_argument("--worker", help=argparse.SUPPRESS)
+    ap.add_argument("--force", action="store_true", help="re-measure finished cells")
+    ap.add_argument("--profile-layers", action="store_true", help="also the per-layer profile")
+    ap.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
-        print(json.dumps(worker(json.loads(args.worker))))
+        kind, spec = args.worker[0], json.loads(args.worker[1])
+        fn = {"time": time_worker, "memory": memory_worker, "export": export_worker}[kind]
+        print(json.dumps(fn(spec)))
         return
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / "speed.json"
     data = json.loads(out.read_text()) if out.exists() else {"results": {}, "layer_profile": {}}
-    command = "python benchmarks/speed.py " + " ".join(sys.argv[1:])
-    env = environment()
-    data["environment"] = env
-    data["command"] = command
-    shapes = [s for s in args.shapes.split(",") if s]
-    ms = [int(v) for v in args.ms.split(",") if v]
-    env_vars = dict(os.environ)
+    data["command"] = "python benchmarks/speed.py " + " ".join(sys.argv[1:])
+    data["environment"] = {**environment(), "threads": args.threads}
+    env = dict(os.environ)
     if args.jemalloc:
         if not os.path.exists(JEMALLOC):
             raise SystemExit(f"{JEMALLOC} not found: apt-get install libjemalloc2")
-        env_vars["LD_PRELOAD"] = JEMALLOC
-    phases = set(args.phases.split(","))
-    for cell in grid(shapes, ms, args.reps, args.threads):
-        if cell["phase"] not in phases:
-            continue
-        cell["jemalloc"] = bool(args.jemalloc)
-        k = key(cell)
-        if k in data["results"] and not args.force:
-            print(f"skip {k} (done)")
-            continue
-        print(f"run  {k} ...", flush=True)
-        proc = subprocess.run(
-            [sys.executable, __file__, "--worker", json.dumps(cell)],
-            capture_output=True, text=True, env=env_vars,
-        )
-        if proc.returncode != 0:
-            print(proc.stderr[-3000:], file=sys.stderr)
-            raise SystemExit(f"cell {k} failed")
-        res = json.loads(proc.stdout.strip().splitlines()[-1])
-        data["results"][k] = res
-        print(f"     {res['seconds']:.3f} s/step, peak {res['peak_rss_gb']:.2f} GB", flush=True)
+        env["LD_PRELOAD"] = JEMALLOC
+
+    def save():
         out.write_text(json.dumps(data, indent=1))
-        write_markdown(data["results"], env, command, data["layer_profile"])
+        write_markdown(data)
+
+    shapes = [s for s in args.shapes.split(",") if s]
+    phases = [p for p in args.phases.split(",") if p in METHODS]
+    ms = [int(v) for v in args.ms.split(",") if v]
+    for shape, phase, methods, m in cells(shapes, phases, ms, args.m_sweep_shapes.split(",")):
+        keys = {meth: cell_key(shape, phase, meth, m, args.jemalloc) for meth in methods}
+        if all(k in data["results"] for k in keys.values()) and not args.force:
+            print(f"skip {shape}/{phase}/m{m} (done)")
+            continue
+        spec = dict(shape=shape, phase=phase, m=m, threads=args.threads)
+        print(f"time {shape}/{phase}/m{m}: {', '.join(methods)} ...", flush=True)
+        times = run_worker("time", {**spec, "methods": methods, "reps": args.reps}, env)
+        for meth in methods:
+            rec = {**spec, "method": meth, "jemalloc": args.jemalloc,
+                   "seconds": min(times[meth]), "all_seconds": times[meth]}
+            print(f"     {meth}: {rec['seconds']:.3f} s/step", flush=True)
+            data["results"][keys[meth]] = rec
+        save()
+        for meth in methods:
+            print(f"memory {keys[meth]} ...", flush=True)
+            mspec = {**spec, "method": meth}
+            if meth == "exported":  # measured on the exported file alone, as deployed
+                mspec["exported_file"] = str(RESULTS / ".speed_exported.safetensors")
+                run_worker("export", {**spec, "path": mspec["exported_file"]}, env)
+            data["results"][keys[meth]].update(run_worker("memory", mspec, env))
+            save()
+        (RESULTS / ".speed_exported.safetensors").unlink(missing_ok=True)
     if args.profile_layers:
         for shape in shapes:
             if shape in data["layer_profile"] and not args.force:
                 continue
             print(f"profile layers at {shape} ...", flush=True)
             data["layer_profile"][shape] = profile_layers(shape, 5, args.threads, args.reps)
-            out.write_text(json.dumps(data, indent=1))
-    write_markdown(data["results"], env, command, data["layer_profile"])
+            save()
+    save()
     print((RESULTS / "speed.md").read_text())
 
 
