@@ -34,6 +34,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "softmax/uniform": {"gate": "softmax", "gate_init": "uniform"},
     "normalized/uniform, hidden 16": {"gate": "normalized", "gate_init": "uniform", "gate_hidden": 16},
     "normalized/uniform, gate lr 1e-2": {"gate": "normalized", "gate_init": "uniform", "gate_lr": 1e-2},
+    "normalized/uniform, align lr 1e-4": {"gate": "normalized", "gate_init": "uniform", "align_lr": 1e-4},
+    "normalized/uniform, no alignment": {"gate": "normalized", "gate_init": "uniform", "align": False},
 }
 REFERENCE = "sigmoid/kaiming (paper + reference code)"
 METHODS = ("zoo_tuning", "zoo_tuning_lite")

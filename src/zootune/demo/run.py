@@ -47,6 +47,8 @@ RECIPE: dict[str, Any] = {
     "gate": "normalized",
     "gate_init": "uniform",
     "gate_hidden": None,
+    "align": "default",  # every k>1 conv gets a channel alignment T_i (appendix A.2)
+    "align_lr": None,  # None: same as lr
     "threads": 1,  # intra-op threads: tiny convs gain little from more; contention costs a lot
 }
 
@@ -64,11 +66,12 @@ def demo_config(method: str, seed: int, recipe: dict[str, Any], source: int = 0)
         "method": method,
         "source": source,
         "zoo_tune": {"gate": recipe["gate"], "gate_init": recipe["gate_init"],
-                     "gate_hidden": recipe["gate_hidden"]},
+                     "gate_hidden": recipe["gate_hidden"], "align": recipe["align"]},
         "data": {"name": "demo_target", "labels_per_class": recipe["labels_per_class"],
                  "val_fraction": 0.2, "test_fraction": 0.2, "seed": seed, "options": {"greek": recipe["greek"]}},
         "optim": {"name": "adam", "lr": recipe["lr"], "head_lr": recipe["head_lr"],
-                  "gate_lr": recipe["gate_lr"], "weight_decay": recipe["weight_decay"]},
+                  "gate_lr": recipe["gate_lr"], "align_lr": recipe["align_lr"],
+                  "weight_decay": recipe["weight_decay"]},
         "schedule": {"name": "cosine", "warmup_steps": recipe["warmup_steps"]},
         "train": {"steps": recipe["steps"], "batch_size": recipe["batch_size"], "eval_every": 0,
                   "log_every": 25, "checkpoint_every": 0, "seed": seed, "select": "last",
@@ -144,6 +147,10 @@ def run_demo(seed: int = 0, recipe: dict[str, Any] | None = None,
                                "zoo": list(zoo.names), "data": dict(data.info)}
     results["data"].pop("preprocessing", None)
     models: dict[str, torch.nn.Module] = {}
+    groups = _groups(data.test) if rec["greek"] else {}
+
+    def group_acc(model, task) -> dict[str, float]:
+        return {g: evaluate(model, task, sub)["accuracy"] for g, sub in groups.items()}
 
     def train(method: str, source: int = 0) -> tuple[dict[str, Any], Any]:
         cfg = demo_config(method, seed, rec, source)
@@ -157,6 +164,8 @@ def run_demo(seed: int = 0, recipe: dict[str, Any] | None = None,
         entry = {"accuracy": res.metrics["test"]["accuracy"], "val_accuracy": res.metrics["val"]["accuracy"],
                  "test_loss": res.metrics["test"]["loss"], "params": _params(res.model),
                  "train_time_s": round(time.time() - t, 2)}
+        if groups:
+            entry["group_accuracy"] = group_acc(res.model, task)
         return entry, (res.model, task)
 
     if finetune:
@@ -202,6 +211,16 @@ def run_demo(seed: int = 0, recipe: dict[str, Any] | None = None,
     return results
 
 
+def _groups(dataset) -> dict[str, Any]:
+    """Test subsets by kind of input: handwritten digits (labels 0-9) and Greek letters (10-19)."""
+    import numpy as np
+    from torch.utils.data import Subset
+
+    y = np.asarray(dataset.targets)
+    return {"digits": Subset(dataset, np.flatnonzero(y < 10).tolist()),
+            "greek": Subset(dataset, np.flatnonzero(y >= 10).tolist())}
+
+
 @torch.no_grad()
 def _max_diff(a: torch.nn.Module, b: torch.nn.Module, dataset, n: int = 256) -> float:
     from torch.utils.data import DataLoader
@@ -216,18 +235,21 @@ _ORDER = ("finetune_best", "average_aggregation", "zoo_tuning", "zoo_tuning_lite
 
 
 def format_table(results: dict[str, Any]) -> str:
-    """A Markdown table of the methods (test accuracy, validation accuracy, parameters)."""
+    """A Markdown table of the methods: test / val accuracy (and per kind of input), parameters."""
     ms = results["methods"]
-    rows = ["| method | test accuracy | val accuracy | params (inference) |", "|---|---:|---:|---:|"]
+    groups = sorted({g for e in ms.values() for g in e.get("group_accuracy", {})})
+    head = "| method | test acc | val acc | " + "".join(f"test {g} | " for g in groups) + "parameters |"
+    rows = [head, "|---|---:|---:|" + "---:|" * len(groups) + "---:|"]
     names = [k for k in ms if k.startswith("finetune_") and k != "finetune_best"]
     for k in list(_ORDER) + names:
         if k not in ms:
             continue
         e = ms[k]
         label = f"finetune_best ({e.get('source')})" if k == "finetune_best" else k
-        params = e["params"] if k not in ("zoo_tuning", "zoo_tuning_lite") else (
-            f"{e['params']} (train)")
-        rows.append(f"| {label} | {100 * e['accuracy']:.1f}% | {100 * e['val_accuracy']:.1f}% | {params} |")
+        params = f"{e['params']:,}" + (" (zoo model)" if k in METHODS else "")
+        ga = e.get("group_accuracy", {})
+        cells = "".join(f"{100 * ga[g]:.1f}% | " if g in ga else "— | " for g in groups)
+        rows.append(f"| {label} | {100 * e['accuracy']:.1f}% | {100 * e['val_accuracy']:.1f}% | {cells}{params} |")
     return "\n".join(rows)
 
 
