@@ -107,6 +107,9 @@ def test_demo_architecture_by_import_path(tmp_path):
     m = load(f"file:{path} arch=zootune.demo.model:MiniCNN", strict=False)
     # default width is 32: the trunk does not fit, and strict=false leaves it random
     assert m.width == 32
+    # no declared preprocessing: ImageNet statistics, but the first conv's channel count
+    pre = m.zootune_preprocessing
+    assert pre.input_size[0] == 1 and len(pre.mean) == 1 and len(pre.std) == 1
     with pytest.raises(CheckpointError, match="does not fit MiniCNN"):
         load(f"file:{path} arch=zootune.demo.model:MiniCNN")
 

@@ -23,6 +23,7 @@ import difflib
 import os
 import re
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -248,6 +249,12 @@ def _build_imported(arch: str, module: str, attr: str,
             raise ZooSpecError(f"arch={arch!r}: bad zootune_preprocessing ({exc})") from None
     if not isinstance(pre, Preprocessing):
         pre = Preprocessing(source=f"assumed: ImageNet default ({arch} declares none)")
+        first = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+        if first is not None and first.in_channels != 3:  # e.g. grey-scale: keep the channel count
+            c = int(first.in_channels)
+            pre = replace(pre, input_size=(c, 224, 224), mean=(sum(pre.mean) / 3,) * c,
+                          std=(sum(pre.std) / 3,) * c,
+                          source=f"assumed: ImageNet default, {c} channel(s) ({arch} declares none)")
     return model, pre, arch
 
 
