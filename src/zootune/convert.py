@@ -430,7 +430,7 @@ def zoo_tune(
         gate_hidden: hidden width of the gate network (default ``C_in // 4 + 1``).
         te_momentum: ``lambda`` of the temporal ensemble (Eq. 4).
         kernel: per-sample convolution kernel: ``"auto"`` (timed once per shape), ``"grouped"``
-            or ``"loop"`` (1x1 convs and Linear always use a batched matrix product).
+            ``"loop"`` or ``"unfold"`` (1x1 convs and Linear always use a batched matrix product).
         recompute: recompute per-sample weights in backward instead of storing ``B x |W|``.
 
     Returns:

@@ -6,10 +6,12 @@ offers several exact ways to apply ``W_b`` to ``x_b``, all with the FLOPs of one
 
 * ``grouped``: the batch folded into the channel axis, one convolution with ``groups = B * g``;
 * ``loop``:    one ordinary convolution per sample (fast when each sample's work is large);
+* ``unfold``:  im2col (``F.unfold``) then a batched matrix product with the per-sample weights
+  (fast at small spatial sizes, where the other two are dominated by per-sample overheads);
 * ``bmm``:     a batched matrix product, for 1x1 convolutions (padding 0, groups 1) and Linear.
 
-Which of ``grouped`` and ``loop`` is faster depends on the shape and the backend; ``auto`` times
-both once per layer shape and remembers the winner (:func:`choose_conv_kernel`).
+Which of ``grouped``, ``loop`` and ``unfold`` is fastest depends on the shape and the backend;
+``auto`` times them once per layer shape and remembers the winner (:func:`choose_conv_kernel`).
 
 :class:`AggregatedPerSample` is the autograd function that ties aggregation and kernel together:
 it computes ``W_b`` from the gates ``a`` (B, m) and the aligned source weights ``w`` (m, ...),
@@ -31,7 +33,7 @@ from torch.autograd.function import once_differentiable
 
 from .workspace import scratch
 
-CONV_KERNELS = ("auto", "grouped", "loop")
+CONV_KERNELS = ("auto", "grouped", "loop", "unfold")
 
 
 @dataclass(frozen=True)
@@ -152,6 +154,48 @@ class LoopConv(Kernel):
         return torch.cat(gxs) if need_x else None, gws
 
 
+class UnfoldConv(Kernel):
+    """im2col + batched matrix product: ``y_b = W_b cols(x_b)`` (groups split the matrices)."""
+
+    name = "unfold"
+
+    def __init__(self, spec: ConvSpec):
+        self.spec = spec
+
+    def _cols(self, x, w):
+        s = self.spec
+        cols = F.unfold(x, w.shape[-2:], dilation=s.dilation, padding=s.padding, stride=s.stride)
+        b, g = x.shape[0], s.groups
+        return cols.view(b * g, cols.shape[1] // g, cols.shape[2])
+
+    def _out_hw(self, x, w):
+        s, (kh, kw) = self.spec, w.shape[-2:]
+        h = (x.shape[2] + 2 * s.padding[0] - s.dilation[0] * (kh - 1) - 1) // s.stride[0] + 1
+        wd = (x.shape[3] + 2 * s.padding[1] - s.dilation[1] * (kw - 1) - 1) // s.stride[1] + 1
+        return h, wd
+
+    def forward(self, x, w):
+        b, g = x.shape[0], self.spec.groups
+        cout = w.shape[1]
+        y = torch.bmm(w.reshape(b * g, cout // g, -1), self._cols(x, w))
+        return y.view(b, cout, *self._out_hw(x, w))
+
+    def backward(self, x, w, gy, need_x, need_w):
+        s = self.spec
+        b, g, cout = x.shape[0], s.groups, w.shape[1]
+        cols = self._cols(x, w)
+        g2 = gy.reshape(b * g, cout // g, -1)
+        gw = gx = None
+        if need_w:
+            gw = scratch("per_sample_weight_grad", tuple(w.shape), w.dtype, w.device)
+            torch.bmm(g2, cols.transpose(1, 2), out=gw.view(b * g, cout // g, -1))
+        if need_x:
+            gcols = torch.bmm(w.reshape(b * g, cout // g, -1).transpose(1, 2), g2)
+            gx = F.fold(gcols.view(b, -1, gcols.shape[-1]), x.shape[-2:], w.shape[-2:],
+                        dilation=s.dilation, padding=s.padding, stride=s.stride)
+        return gx, gw
+
+
 class PointwiseConv(Kernel):
     """A 1x1 convolution (padding 0, groups 1, any stride) as a batched matrix product."""
 
@@ -252,7 +296,7 @@ def _macs(x: torch.Tensor, weight_shape: tuple[int, ...], spec: ConvSpec) -> int
 def choose_conv_kernel(
     spec: ConvSpec, x: torch.Tensor, weight_shape: tuple[int, ...]
 ) -> str:
-    """Time ``grouped`` and ``loop`` once for this shape and remember the faster one.
+    """Time ``grouped``, ``loop`` and ``unfold`` once for this shape and remember the fastest.
 
     Training (autograd on) times forward + backward, inference the forward only. ``weight_shape`` is the per-sample weight's (B, C_out, C_in/groups, kH, kW). The key holds
     everything that changes which is faster: shapes, hyper-parameters, dtype, device and memory
@@ -279,7 +323,7 @@ def choose_conv_kernel(
             ws = torch.randn(weight_shape, dtype=x.dtype, device=x.device)
             times = {
                 k.name: _time_kernel(k, xs, ws, training, need_x)
-                for k in (GroupedConv(spec), LoopConv(spec))
+                for k in (GroupedConv(spec), LoopConv(spec), UnfoldConv(spec))
             }
         choice = min(times, key=times.get)
         _CHOICES[key] = choice
@@ -306,6 +350,8 @@ def conv_kernel(
         return GroupedConv(spec)
     if name == "loop":
         return LoopConv(spec)
+    if name == "unfold":
+        return UnfoldConv(spec)
     raise ValueError(f"unknown per-sample conv kernel {name!r}; choose one of {CONV_KERNELS}")
 
 
