@@ -172,13 +172,22 @@ def run(args: argparse.Namespace) -> int:
         idx = cap_per_class(labels, args.max_per_class, seed=args.seed)
         model.to(device)
         common = dict(batch_size=args.batch_size, seed=args.seed, device=device, cache_dir=cache_dir)
-        ex = extract(model, train, indices=idx, gradients="lgc" in scores, projection=tuple(args.projection),
-                     data_key=data_fingerprint(train, idx), **common)
-        src = None
-        if key in source_by_pre:
-            s_ds = source_by_pre[key]
-            s_idx = cap_per_class(dataset_labels(s_ds), args.max_per_class, seed=args.seed)
-            src = extract(model, s_ds, indices=s_idx, data_key=data_fingerprint(s_ds, s_idx), **common)
+        try:
+            ex = extract(model, train, indices=idx, gradients="lgc" in scores,
+                         projection=tuple(args.projection), data_key=data_fingerprint(train, idx),
+                         **common)
+            src = None
+            if key in source_by_pre:
+                s_ds = source_by_pre[key]
+                s_idx = cap_per_class(dataset_labels(s_ds), args.max_per_class, seed=args.seed)
+                src = extract(model, s_ds, indices=s_idx, data_key=data_fingerprint(s_ds, s_idx),
+                              **common)
+        except RuntimeError as exc:  # shape / dtype mismatch between the model and the data
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ZootuneError(
+                f"model '{name}' ({spec}) failed on the data '{args.data}': {first}. "
+                "Check the model's input channels/size against the data (--image-size)."
+            ) from None
         model.to("cpu")
         if extracted_first is None:
             extracted_first = (train, idx, ex.labels)
