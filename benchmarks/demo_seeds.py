@@ -161,9 +161,10 @@ def main(argv: list[str] | None = None) -> int:
                 store["cells"] = cells
                 _atomic_write(args.cells, json.dumps(store, indent=1, ensure_ascii=False))
                 print(f"[{key}] done in {time.time() - t:.0f}s", flush=True)
-    meta = {"command": "python benchmarks/demo_seeds.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+    meta = {"command": "python benchmarks/demo_seeds.py " + " ".join(a for a in (argv if argv is not None else sys.argv[1:]) if a != "--summary-only"),
             "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
-            "torch": torch.__version__, "threads": torch.get_num_threads(),
+            "torch": torch.__version__,
+            "threads": next((c["recipe"].get("threads") for c in cells.values()), None),
             "python": platform.python_version()}
     selected = {k: v for k, v in cells.items() if k.split("/")[0] in args.settings}
     summary = summarize(selected)

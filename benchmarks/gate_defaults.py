@@ -95,8 +95,9 @@ def main(argv: list[str] | None = None) -> int:
         vals = [ref[f"default/seed{sd}"]["methods"][m]["accuracy"] for sd in args.seeds if f"default/seed{sd}" in ref]
         if vals:
             refs[m] = _stats(vals)
-    meta = {"command": "python benchmarks/gate_defaults.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-            "machine": platform.machine(), "torch": torch.__version__, "threads": torch.get_num_threads()}
+    meta = {"command": "python benchmarks/gate_defaults.py " + " ".join(a for a in (argv if argv is not None else sys.argv[1:]) if a != "--summary-only"),
+            "machine": platform.machine(), "torch": torch.__version__,
+            "threads": next((c["recipe"].get("threads") for c in cells.values()), None)}
     _atomic_write(RESULTS / "gate_defaults.json",
                   json.dumps({"meta": meta, "summary": summary, "reference_methods": refs}, indent=2))
     md = ["# Gate kind and initialisation (issue 3, point 3)", "",

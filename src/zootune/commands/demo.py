@@ -36,8 +36,16 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import time
 
-    from zootune.demo.run import RECIPE, format_table, run_demo, write_outputs
     from zootune.errors import ZootuneError
+
+    import importlib.util
+
+    missing = [m for m, pkg in (("sklearn", "scikit-learn"), ("matplotlib", "matplotlib"))
+               if importlib.util.find_spec(m) is None]
+    if missing:
+        raise ZootuneError(f"the demo needs {', '.join(missing)} (the digits and the fonts ship with "
+                           "them): pip install 'zootune[all]'")
+    from zootune.demo.run import RECIPE, format_table, run_demo, write_outputs
 
     recipe = dict(RECIPE)
     if args.quick:
