@@ -201,7 +201,7 @@ def write_report(out_dir: str | Path, result: Any, cfg: Any, *, task: Any = None
     lines.append("## Config\n")
     lines.append("```yaml\n" + cfg.to_yaml() + "```\n")
     path = out / "report.md"
-    from zootune.train.checkpoint import atomic_write_text
+    from zootune.atomic import atomic_write_text
 
     atomic_write_text(path, "\n".join(lines))
     return path

@@ -81,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
         result = json.loads(rfile.read_text())
     card = _model_card(run_, out, kind, diff, result, wfile)
     card_path = out.with_suffix(".md")
-    from zootune.train.checkpoint import atomic_write_text
+    from zootune.atomic import atomic_write_text
 
     atomic_write_text(card_path, card)
     print(f"exported {kind} -> {out} (model card {card_path})"

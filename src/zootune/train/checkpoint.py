@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from zootune.atomic import atomic_write, atomic_write_text, fsync_dir
 from zootune.errors import CheckpointError
 
 LATEST = "latest.json"
@@ -31,59 +32,11 @@ WEIGHTS = "model.safetensors"
 STATE = "state.pt"
 
 
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _fsync_file(path: Path) -> None:
-    with open(path, "rb+") as f:
-        os.fsync(f.fileno())
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write ``text`` to ``path`` via a temporary file in the same folder and ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(path.parent)
-
-
 def save_weights(model: nn.Module, path: str | Path, metadata: dict[str, str] | None = None) -> None:
     """Model state (parameters and buffers) as safetensors, written atomically."""
     from safetensors.torch import save_model
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_model(model, tmp, metadata=metadata, force_contiguous=True)
-        _fsync_file(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(path.parent)
+    atomic_write(path, lambda tmp: save_model(model, tmp, metadata=metadata, force_contiguous=True))
 
 
 def load_weights(model: nn.Module, path: str | Path, strict: bool = True) -> None:
@@ -113,9 +66,7 @@ def save_checkpoint(ckpt_root: str | Path, step: int, model: nn.Module, state: d
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=root))
     try:
         save_weights(model, tmp / WEIGHTS, metadata={"step": str(step)})
-        torch.save(state, tmp / STATE)
-        _fsync_file(tmp / STATE)
-        _fsync_dir(tmp)
+        atomic_write(tmp / STATE, lambda path: torch.save(state, path))
         final = root / name
         if final.exists():  # left by a run that died after writing it: replace it
             trash = Path(tempfile.mkdtemp(prefix=f".{name}.old.", dir=root))
@@ -125,7 +76,7 @@ def save_checkpoint(ckpt_root: str | Path, step: int, model: nn.Module, state: d
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    _fsync_dir(root)
+    fsync_dir(root)
     atomic_write_text(root / LATEST, json.dumps({"step": step, "dir": name}))
     _prune(root, keep)
     return final
