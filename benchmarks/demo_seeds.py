@@ -139,6 +139,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cells", type=Path, default=RESULTS / "demo_cells.json")
     p.add_argument("--name", default="demo", help="output name: results/NAME.json and NAME.md")
     p.add_argument("--summary-only", action="store_true", help="rewrite the summary from stored cells")
+    p.add_argument("--weights-dir", type=Path, default=None,
+                   help="another build of the mini zoo (default: the shipped one)")
     args = p.parse_args(argv)
 
     import torch
@@ -156,7 +158,8 @@ def main(argv: list[str] | None = None) -> int:
                     continue
                 t = time.time()
                 print(f"[{key}]", flush=True)
-                res = run_demo(seed, SETTINGS[setting], log=lambda s: print(s, flush=True))
+                res = run_demo(seed, SETTINGS[setting], log=lambda s: print(s, flush=True),
+                               weights_dir=args.weights_dir)
                 cells[key] = res
                 store["cells"] = cells
                 _atomic_write(args.cells, json.dumps(store, indent=1, ensure_ascii=False))

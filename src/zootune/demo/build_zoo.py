@@ -97,8 +97,13 @@ def _save(model: MiniCNN, path: Path) -> str:
 
 
 def build(out: Path = WEIGHTS_DIR, seed: int = 0, recipe: dict[str, dict[str, Any]] = RECIPE,
-          log=print) -> dict[str, Any]:
-    """Train the zoo and write ``out/<name>.safetensors`` + ``out/zoo.json``; returns the manifest."""
+          log=print, reuse_base: Path | None = None,
+          command: str = "python -m zootune.demo.build_zoo") -> dict[str, Any]:
+    """Train the zoo and write ``out/<name>.safetensors`` + ``out/zoo.json``; returns the manifest.
+
+    ``reuse_base``: a folder holding a built zoo whose ``base`` member is reused (copied) instead
+    of trained again — for variants of the specialists (e.g. fine-tuned longer).
+    """
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     members: list[dict[str, Any]] = []
@@ -106,7 +111,17 @@ def build(out: Path = WEIGHTS_DIR, seed: int = 0, recipe: dict[str, dict[str, An
     for k, (name, domain) in enumerate(ZOO_DOMAINS.items()):
         t = time.time()
         s = seed * 1000 + k
-        if name == "base":
+        if name == "base" and reuse_base is not None:
+            from zootune.demo.data import glyph_splits as _gs
+            from zootune.demo.zoo import read_manifest
+
+            old = {e["name"]: e for e in read_manifest(reuse_base)["members"]}["base"]
+            model = load_member(old, reuse_base)
+            data = _gs(domain, 1, seed=s)
+            base_model = model
+            rec = {k: old[k] for k in recipe["base"] if k in old}
+            init = "random"
+        elif name == "base":
             rec = recipe["base"]
             from zootune.demo.data import domain_chars
 
@@ -140,7 +155,7 @@ def build(out: Path = WEIGHTS_DIR, seed: int = 0, recipe: dict[str, dict[str, An
         "seed": seed,
         "members": members,
         "recipe": recipe,
-        "command": "python -m zootune.demo.build_zoo" + (f" --seed {seed}" if seed else ""),
+        "command": command,
         "versions": {"python": platform.python_version(), "torch": torch.__version__,
                      "numpy": numpy.__version__, "safetensors": safetensors.__version__},
         "machine": {"platform": platform.platform(), "processor": platform.machine(),
@@ -158,11 +173,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=WEIGHTS_DIR, help="output folder (default: the package's)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quick", action="store_true", help="tiny budget (a smoke test, not the shipped zoo)")
+    p.add_argument("--reuse-base", type=Path, default=None, metavar="DIR",
+                   help="reuse the base model of the zoo in DIR (train only the specialists)")
+    p.add_argument("--specialist-steps", type=int, default=None)
+    p.add_argument("--specialist-lr", type=float, default=None)
     args = p.parse_args(argv)
-    recipe = RECIPE
+    recipe = {k: dict(v) for k, v in RECIPE.items()}
+    if args.specialist_steps:
+        recipe["specialist"]["steps"] = args.specialist_steps
+    if args.specialist_lr:
+        recipe["specialist"]["lr"] = args.specialist_lr
     if args.quick:
         recipe = {k: {**v, "steps": 5, "n_train": 2, "warmup": 0} for k, v in RECIPE.items()}
-    m = build(args.out, args.seed, recipe)
+    given = list(argv if argv is not None else sys.argv[1:])
+    m = build(args.out, args.seed, recipe, reuse_base=args.reuse_base,
+              command=" ".join(["python -m zootune.demo.build_zoo"] + given))
     print(f"wrote {len(m['members'])} models to {args.out} in {m['wall_time_s']:.0f}s")
     return 0
 
