@@ -57,6 +57,7 @@ TARGETS = {  # ratio to plain at the paper shape (issue 3)
 }
 MEM_TARGET = ("train", "zoo", 1.8)
 JEMALLOC = "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2"
+FLOPS_COUNTER = 2  # version of the FLOP counting; older records are recounted
 
 
 # ----------------------------------------------------------------------------------------------
@@ -128,7 +129,8 @@ def count_flops(model, phase: str, size: int, batch: int) -> int:
         if isinstance(mod, AdaAggConv2d):
             mod.kernel = "grouped"
     x = torch.randn(batch, 3, size, size)
-    mapping = {torch.ops.aten.convolution_backward.default: conv_backward_flops}
+    # FlopCounterMode looks formulas up by overload packet (not by the .default overload)
+    mapping = {torch.ops.aten.convolution_backward: conv_backward_flops}
     with FlopCounterMode(display=False, custom_mapping=mapping) as counter:
         if phase == "train":
             model(x).sum().backward()
@@ -199,6 +201,10 @@ def make_step(method: str, models: dict, phase: str, x, target):
     model = model_of(method, models)
     if phase == "train":
         opt = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
+        for p in model.parameters():  # create the momentum buffers now (a zero-gradient step)
+            p.grad = torch.zeros_like(p)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
         loss_fn = torch.nn.CrossEntropyLoss()
 
         def step():
@@ -260,14 +266,24 @@ def export_worker(spec: dict) -> dict:
     return {"path": spec["path"]}
 
 
+def flops_worker(spec: dict) -> dict:
+    """FLOPs of one method's step (see :func:`count_flops`)."""
+    batch, size, _, _ = setup(spec)
+    meth = spec["method"]
+    models = build_models([meth], spec["m"])
+    model = model_of(meth, models)
+    with mode_of(meth, models):
+        f1, f2 = (count_flops(model, spec["phase"], size, b) for b in (1, 2))
+    return {"flops": f1 + (batch - 1) * (f2 - f1), "flops_counter": FLOPS_COUNTER}
+
+
 def memory_worker(spec: dict) -> dict:
     """Peak RSS of one method's steps in a fresh process, its FLOPs and parameter count."""
     batch, size, x, target = setup(spec)
     meth = spec["method"]
     models = build_models([meth], spec["m"], spec.get("exported_file"))
     step = make_step(meth, models, spec["phase"], x, target)
-    step()
-    step()
+    step()  # one step: optimizer state already exists, so its peak is the steady state's
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     model = model_of(meth, models)
     with mode_of(meth, models):
@@ -275,6 +291,7 @@ def memory_worker(spec: dict) -> dict:
     return {
         "peak_rss_gb": peak,
         "flops": f1 + (batch - 1) * (f2 - f1),
+        "flops_counter": FLOPS_COUNTER,
         "params": sum(p.numel() for p in model.parameters()),
     }
 
@@ -479,7 +496,8 @@ def main() -> None:
     args = ap.parse_args()
     if args.worker:
         kind, spec = args.worker[0], json.loads(args.worker[1])
-        fn = {"time": time_worker, "memory": memory_worker, "export": export_worker}[kind]
+        fn = {"time": time_worker, "memory": memory_worker, "export": export_worker,
+              "flops": flops_worker}[kind]
         print(json.dumps(fn(spec)))
         return
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -523,6 +541,12 @@ def main() -> None:
             data["results"][keys[meth]].update(run_worker("memory", mspec, env))
             save()
         (RESULTS / ".speed_exported.safetensors").unlink(missing_ok=True)
+    for k, rec in data["results"].items():  # FLOPs counted by an older version of the counter
+        if rec.get("flops_counter") != FLOPS_COUNTER:
+            print(f"recount FLOPs {k} ...", flush=True)
+            spec = {f: rec[f] for f in ("shape", "phase", "m", "threads", "method")}
+            rec.update(run_worker("flops", spec, env))
+            save()
     if args.profile_layers:
         for shape in shapes:
             if shape in data["layer_profile"] and not args.force:
