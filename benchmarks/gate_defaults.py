@@ -7,8 +7,10 @@ with the demo's fixed recipe (:data:`zootune.demo.run.RECIPE`), changing only th
 Cells are stored in ``results/gate_defaults_cells.json`` after each one and skipped when re-run.
 The summary (test accuracy mean/std, and the seed-paired difference to the paper's
 ``sigmoid``/``kaiming`` gates) goes to ``results/gate_defaults.json`` and ``.md``. The same
-seeds' ``average_aggregation`` and ``finetune_best`` from ``results/demo_cells.json`` (if
-present) are shown for reference.
+seeds' ``average_aggregation`` and ``finetune_best`` from ``results/demo_zoo_v1_cells.json`` (if
+present) are shown for reference. The stored cells were measured with the first demo zoo ("zoo v1",
+specialists fine-tuned 500 steps at lr 1e-3; see ``results/demo_zoo_v1.md``); delete the cells
+file to re-measure with the shipped zoo.
 """
 
 from __future__ import annotations
@@ -74,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
                 _atomic_write(cells_path, json.dumps(store, indent=1, ensure_ascii=False))
                 print(f"[{key}] done in {time.time() - t:.0f}s", flush=True)
 
-    demo_cells = RESULTS / "demo_cells.json"
+    demo_cells = RESULTS / "demo_zoo_v1_cells.json"
     ref = json.loads(demo_cells.read_text())["cells"] if demo_cells.is_file() else {}
     summary: dict[str, Any] = {}
     for v in VARIANTS:
@@ -101,7 +103,8 @@ def main(argv: list[str] | None = None) -> int:
     _atomic_write(RESULTS / "gate_defaults.json",
                   json.dumps({"meta": meta, "summary": summary, "reference_methods": refs}, indent=2))
     md = ["# Gate kind and initialisation (issue 3, point 3)", "",
-          "Demo setting (digits + held-apart Greek, the demo recipe), seeds "
+          "Demo setting (digits + held-apart Greek, the demo recipe) with the first demo zoo (zoo v1: "
+          "specialists fine-tuned 500 steps at lr 1e-3, see `demo_zoo_v1.md`), seeds "
           f"{args.seeds}. Test accuracy % (mean ± std); Δ = seed-paired difference to "
           f"`{REFERENCE}` in points (wins / seeds).", "",
           f"Command: `{meta['command']}`; torch {meta['torch']}, {meta['threads']} threads.", "",
@@ -115,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
         row += [f"{100 * s['zoo_tuning_val']['mean']:.1f}", f"{100 * s['zoo_tuning_lite_val']['mean']:.1f}"]
         md.append("| " + " | ".join(row) + " |")
     if refs:
-        md += ["", "Same seeds, same recipe (from `demo_cells.json`): " + ", ".join(
+        md += ["", "Same seeds, same recipe, same zoo (from `demo_zoo_v1_cells.json`): " + ", ".join(
             f"{m} {100 * st['mean']:.1f} ± {100 * st['std']:.1f}" for m, st in refs.items()) + "."]
     md_path = RESULTS / "gate_defaults.md"
     _atomic_write(md_path, keep_notes(md_path, "\n".join(md) + "\n"))
