@@ -215,6 +215,14 @@ def make_step(method: str, models: dict, phase: str, x, target):
                 opt.step()
 
     else:
+        # Random weights averaged over a zoo, with BatchNorm's default running statistics, shrink
+        # activations layer by layer in eval mode until they are denormal floats, which x86 CPUs
+        # process many times slower — an artefact of random weights. Estimating the statistics
+        # on the input batch (as training would) keeps every model's activations normal.
+        import zootune
+
+        with mode_of(method, models):
+            zootune.recalibrate_batchnorm(model, [x])
 
         def step():
             model.eval()
@@ -225,14 +233,10 @@ def make_step(method: str, models: dict, phase: str, x, target):
 
 
 def setup(spec: dict):
-    """Threads, denormal flushing and one fixed input batch for a worker process."""
+    """Threads and one fixed input batch for a worker process."""
     import torch
 
     torch.set_num_threads(spec["threads"])
-    # Random weights averaged over the zoo shrink activations layer by layer in eval mode until
-    # they are denormal floats, which x86 CPUs process ~10x slower: an artefact of random
-    # weights, not of the method, so denormals are flushed to zero for every method alike.
-    torch.set_flush_denormal(True)
     batch, size = SHAPES[spec["shape"]]
     g = torch.Generator().manual_seed(0)
     x = torch.randn(batch, 3, size, size, generator=g)
