@@ -17,6 +17,8 @@ DatasetBuilder = Callable[[Any, "Mapping[str, Any] | None"], DataSplits]
 _REGISTRY: dict[str, str | DatasetBuilder] = {
     "digits": "zootune.data.digits:build_digits",
     "image_folder": "zootune.data.image_folder:build_image_folder",
+    "glyphs": "zootune.demo.data:_build_glyphs",
+    "demo_target": "zootune.demo.data:_build_target",
 }
 
 
