@@ -495,6 +495,8 @@ def main() -> None:
     ap.add_argument("--jemalloc", action="store_true",
                     help=f"run the workers with LD_PRELOAD={JEMALLOC} (Debian's libjemalloc2)")
     ap.add_argument("--force", action="store_true", help="re-measure finished cells")
+    ap.add_argument("--retime", action="store_true",
+                    help="re-time finished cells (keep their memory and FLOP records)")
     ap.add_argument("--profile-layers", action="store_true", help="also the per-layer profile")
     ap.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -524,7 +526,8 @@ def main() -> None:
     ms = [int(v) for v in args.ms.split(",") if v]
     for shape, phase, methods, m in cells(shapes, phases, ms, args.m_sweep_shapes.split(",")):
         keys = {meth: cell_key(shape, phase, meth, m, args.jemalloc) for meth in methods}
-        if all(k in data["results"] for k in keys.values()) and not args.force:
+        done = all(k in data["results"] for k in keys.values())
+        if done and not (args.force or args.retime):
             print(f"skip {shape}/{phase}/m{m} (done)")
             continue
         spec = dict(shape=shape, phase=phase, m=m, threads=args.threads)
@@ -534,8 +537,10 @@ def main() -> None:
             rec = {**spec, "method": meth, "jemalloc": args.jemalloc,
                    "seconds": min(times[meth]), "all_seconds": times[meth]}
             print(f"     {meth}: {rec['seconds']:.3f} s/step", flush=True)
-            data["results"][keys[meth]] = rec
+            data["results"].setdefault(keys[meth], {}).update(rec)
         save()
+        if done and args.retime and not args.force:
+            continue
         for meth in methods:
             print(f"memory {keys[meth]} ...", flush=True)
             mspec = {**spec, "method": meth}
