@@ -16,18 +16,9 @@ import argparse
 import sys
 from typing import Any
 
-RANK_CHOICES = (
-    "mean_rank",
-    "logme",
-    "leep",
-    "nce",
-    "hscore",
-    "hscore_shrinkage",
-    "lfc",
-    "lgc",
-    "rsa",
-    "domain_similarity",
-)
+from zootune.select.scoring import SCORE_NAMES
+
+RANK_CHOICES = ("mean_rank", *SCORE_NAMES)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
