@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Sequence
 
+from zootune.viz.figure import save_figure
+
 
 def plot_learning_curves(events: Sequence[dict[str, Any]], path: str | Path,
                          title: str | None = None) -> Path:
@@ -36,9 +38,4 @@ def plot_learning_curves(events: Sequence[dict[str, Any]], path: str | Path,
             ax.legend(fontsize=8)
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=110)

@@ -14,6 +14,8 @@ from typing import Mapping, Sequence
 import numpy as np
 import torch
 
+from zootune.viz.figure import save_figure
+
 
 def gate_matrix(gates: Mapping[str, torch.Tensor]) -> tuple[np.ndarray, list[str]]:
     """``(m, L)`` array of gate values and the ``L`` layer names, in model order."""
@@ -51,9 +53,4 @@ def plot_gate_heatmap(gates: Mapping[str, torch.Tensor], path: str | Path,
                         color="white" if mat[i, j] > 0.6 * mat.max() else "black")
     fig.colorbar(im, ax=ax, label="gate value")
     ax.set_title(title or "Zoo-Tuning gates per layer and source")
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=120)
