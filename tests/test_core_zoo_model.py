@@ -245,14 +245,60 @@ def test_error_fewer_than_two_models():
 
 
 def test_error_shapes_differ_names_parameter_and_shapes():
-    with pytest.raises(ZooMismatchError, match=r"'fc.weight' has shape \(5, 16\) in member 0 but \(7, 16\) in member 1"):
+    with pytest.raises(ZooMismatchError, match=r"zoo members 0 and 1 differ at 'fc.weight': "
+                       r"shape \(5, 16\) in member 0 but \(7, 16\) in member 1 "
+                       r"\(a classification head: strip the heads"):
         zootune.zoo_tune([SmallNet(5), SmallNet(7)])
 
 
+def test_error_messages_use_the_zoo_names_and_hint_only_at_heads():
+    from zootune.zoo import Zoo
+
+    other = SmallNet()
+    other.conv3 = nn.Conv2d(8, 32, 1)
+    zoo = Zoo([SmallNet(), SmallNet(), other], ["imagenet", "moco", "wide"])
+    with pytest.raises(ZooMismatchError) as exc:
+        zootune.zoo_tune(zoo)
+    msg = str(exc.value)
+    assert "zoo members 'imagenet' and 'wide' differ at 'conv3.weight'" in msg
+    assert "(16, 8, 1, 1) in 'imagenet' but (32, 8, 1, 1) in 'wide'" in msg
+    assert "classification head" not in msg  # a trunk layer
+    # explicit names win over the Zoo's
+    with pytest.raises(ZooMismatchError, match="in 'a' but .* in 'c'"):
+        zootune.validate_zoo(zoo, names=["a", "b", "c"])
+
+
+def test_error_head_present_in_one_member_only():
+    stripped = SmallNet()
+    stripped.fc = nn.Identity()
+    with pytest.raises(ZooMismatchError, match=r"'fc.weight' \(5, 16\) is in member 0 but not in "
+                       r"member 1 \(a classification head"):
+        zootune.zoo_tune([SmallNet(), stripped])
+    with pytest.raises(ZooMismatchError, match=r"'fc.weight' \(5, 16\) is in member 1 but not in "
+                       r"member 0 \(a classification head"):
+        zootune.zoo_tune([stripped, SmallNet()])
+
+
 def test_error_module_trees_differ():
+    # tensors differ too: the tensor check speaks first, with the key and its shape
     other = SmallNet()
     other.conv3 = nn.Sequential(nn.Conv2d(8, 16, 1))
-    with pytest.raises(ZooMismatchError, match="different module tree"):
+    with pytest.raises(ZooMismatchError, match=r"'conv3.weight' \(16, 8, 1, 1\) is in member 0 but "
+                       r"not in member 1"):
+        zootune.zoo_tune([SmallNet(), other])
+
+    # same tensors, different classes: only the module tree tells them apart
+    class OtherBN(nn.BatchNorm2d):
+        pass
+
+    other = SmallNet()
+    other.bn1 = OtherBN(8)
+    with pytest.raises(ZooMismatchError, match=r"different module tree: 'bn1' \(BatchNorm2d\) in "
+                       r"member 0 vs 'bn1' \(OtherBN\) in member 2"):
+        zootune.zoo_tune([SmallNet(), SmallNet(), other])
+    other = SmallNet()
+    other.act = nn.GELU()  # a module without tensors, registered last
+    with pytest.raises(ZooMismatchError, match=r"different module tree: 'act' \(GELU\) is only in member 1"):
         zootune.zoo_tune([SmallNet(), other])
 
 
@@ -260,8 +306,46 @@ def test_error_non_finite_names_model_and_tensor():
     zoo = make_zoo()
     with torch.no_grad():
         zoo[2].conv3.weight[0, 0, 0, 0] = float("nan")
-    with pytest.raises(ZooMismatchError, match="member 2: tensor 'conv3.weight'"):
+    with pytest.raises(ZooMismatchError, match=r"zoo member 2: weight 'conv3.weight' holds 1 "
+                       r"non-finite value\(s\) \(NaN\)"):
         zootune.zoo_tune(zoo)
+
+
+def test_validate_zoo_and_check_same_architecture_are_one_check():
+    """zootune.validate_zoo adds only the container checks to zootune.zoo.check_same_architecture:
+    for any zoo of two or more modules both raise the same error with the same message."""
+    from zootune.zoo import check_same_architecture
+
+    class OtherBN(nn.BatchNorm2d):
+        pass
+
+    def variants():
+        yield [SmallNet(5), SmallNet(7)]
+        stripped = SmallNet()
+        stripped.fc = nn.Identity()
+        yield [SmallNet(), stripped]
+        other = SmallNet()
+        other.bn1 = OtherBN(8)
+        yield [SmallNet(), other]
+        nan = make_zoo(2)
+        with torch.no_grad():
+            nan[1].bn1.running_var[0] = float("inf")
+        yield nan
+
+    for models in variants():
+        with pytest.raises(ZooMismatchError) as a:
+            zootune.validate_zoo(models)
+        with pytest.raises(ZooMismatchError) as b:
+            check_same_architecture(models)
+        assert type(a.value) is type(b.value) and str(a.value) == str(b.value)
+        names = [f"n{i}" for i in range(len(models))]
+        with pytest.raises(ZooMismatchError) as c:
+            zootune.validate_zoo(models, names)
+        with pytest.raises(ZooMismatchError) as d:
+            check_same_architecture(models, names)
+        assert str(c.value) == str(d.value) and "'n1'" in str(c.value)
+    zootune.validate_zoo(make_zoo())
+    check_same_architecture(make_zoo(), ["a", "b", "c"])
 
 
 def test_error_unsupported_layer_selected_explicitly():

@@ -8,7 +8,7 @@ from torch import nn
 
 import zootune
 from zootune.config import build_config
-from zootune.tasks import ClassificationTask, attach_head, find_classifier
+from zootune.tasks import ClassificationTask, attach_head, build_task, find_classifier
 from zootune.tasks.classification import HeadError
 from zootune.train.optim import param_groups
 
@@ -60,10 +60,13 @@ def test_stripped_identity_head_is_replaced_using_an_example_input():
 def test_param_groups_give_head_and_gates_their_own_lr():
     from zootune.models import small_cnn
 
-    task = ClassificationTask(10)
+    cfg = build_config({"task": {"name": "classification", "num_classes": 10},
+                        "optim": {"lr": 0.01, "head_lr": 0.1, "gate_lr": 0.5, "weight_decay": 1e-4}})
+    task = build_task(cfg.task)
+    assert isinstance(task, ClassificationTask) and task.num_classes == 10
     models = task.prepare_zoo([small_cnn(widths=(4, 8)) for _ in range(2)])
+    assert task.head_name == "fc" and task.exclude_patterns() == ["fc"]
     zm = zootune.zoo_tune(models, exclude=task.exclude_patterns())
-    cfg = build_config({"optim": {"lr": 0.01, "head_lr": 0.1, "gate_lr": 0.5, "weight_decay": 1e-4}})
     groups = {g["name"]: g for g in param_groups(zm, cfg.optim, task.head_name)}
     assert groups["head"]["lr"] == 0.1 and groups["gate"]["lr"] == 0.5 and groups["source"]["lr"] == 0.01
     head_ids = {id(p) for p in zm.model.fc.parameters()}

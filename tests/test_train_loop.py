@@ -7,12 +7,13 @@ import torch
 
 from trainer_utils import assert_same_state, tiny_config
 from zootune.train import build_run, evaluate, fit
-from zootune.train.loop import TrainingError
+from zootune.train.step import TrainingError
 
 
 def _fit(cfg, out=None, **kw):
     run = build_run(cfg)
-    return run, fit(run.model, run.task, run.data, cfg, out, report=False, **kw)
+    return run, fit(run.model, run.task, run.data, cfg, out, method=run.method, report=False,
+                    run_info=run.info(), record=run.record(), **kw)
 
 
 def test_same_seed_same_weights_other_seed_differs():
@@ -43,6 +44,27 @@ def test_divergence_is_a_clear_error():
                       optim__lr=1e12, optim__name="sgd")
     with pytest.raises(TrainingError, match="diverged"):
         _fit(cfg)
+    import zootune.train
+    import zootune.train.loop
+    from zootune.errors import ZootuneError
+
+    assert zootune.train.TrainingError is TrainingError is zootune.train.loop.TrainingError
+    assert issubclass(TrainingError, ZootuneError)
+
+
+def test_divergence_is_caught_before_a_checkpoint_saves_nan_weights(tmp_path):
+    """Divergence is read at log steps and checkpoints (no per-step sync): with a log interval
+    longer than the checkpoint interval, the checkpoint itself must refuse NaN weights."""
+    from zootune.train.checkpoint import read_latest
+
+    cfg = tiny_config(train__steps=30, train__eval_every=0, train__checkpoint_every=4,
+                      train__log_every=25, optim__lr=1e12, optim__name="sgd")
+    with pytest.raises(TrainingError, match=r"at step 2 \(diverged\)"):  # first bad step named
+        _fit(cfg, tmp_path / "r")
+    # the loss went NaN before the first checkpoint (step 4): nothing was saved
+    assert read_latest(tmp_path / "r" / "checkpoints") is None
+    assert not list((tmp_path / "r").glob("checkpoints/step_*"))
+    assert not (tmp_path / "r" / "model.safetensors").exists()
 
 
 def test_plain_finetune_uses_head_lr_and_logs_lr():
@@ -50,7 +72,9 @@ def test_plain_finetune_uses_head_lr_and_logs_lr():
                       train__checkpoint_every=0, train__log_every=1, optim__head_lr=0.5)
     _, res = _fit(cfg)
     assert isinstance(res.model, torch.nn.Module) and not hasattr(res.model, "gate_values")
-    assert [e["step"] for e in res.history if e["split"] == "train"] == [1, 2, 3]
+    train = [e for e in res.history if e["split"] == "train"]
+    assert [e["step"] for e in train] == [1, 2, 3]
+    assert all(e["lr"] > 0 for e in train)
 
 
 @pytest.mark.parametrize("method", ["zoo_tuning_lite", "zoo_tuning"])

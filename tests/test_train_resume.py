@@ -13,8 +13,8 @@ import pytest
 import torch
 import yaml
 
-from trainer_utils import (assert_same_state, final_weights, subprocess_env, tiny_config, tiny_raw,
-                           zootune_cmd)
+from trainer_utils import (assert_same_state, final_weights, load_state, subprocess_env, tiny_config,
+                           tiny_raw, zootune_cmd)
 from zootune.config import build_config
 from zootune.errors import CheckpointError
 from zootune.train import build_run, fit
@@ -24,7 +24,8 @@ from zootune.train.logger import read_metrics
 
 def _fit(cfg, out, **kw):
     run = build_run(cfg)
-    return fit(run.model, run.task, run.data, cfg, out, report=False, **kw)
+    return fit(run.model, run.task, run.data, cfg, out, method=run.method, report=False,
+               record=run.record(), **kw)
 
 
 class _Crash(Exception):
@@ -45,6 +46,16 @@ def test_crash_and_resume_equals_uninterrupted(tmp_path, method):
         _fit(cfg, tmp_path / "b", on_log=crash)
     assert json.loads((tmp_path / "b/checkpoints/latest.json").read_text())["step"] == 8
     assert not (tmp_path / "b/model.safetensors").exists()
+    # checkpoint layout: step_N/{model.safetensors, state.pt}; the model file is in the one
+    # model format and loads with no template (it carries the run record)
+    step8 = tmp_path / "b/checkpoints/step_00000008"
+    assert {f.name for f in step8.iterdir()} == {ck.WEIGHTS, ck.STATE}
+    assert ck.read_state(step8)["step"] == 8
+    import zootune
+
+    loaded = zootune.load(step8 / ck.WEIGHTS)
+    assert_same_state({k: v for k, v in loaded.state_dict().items()},
+                      load_state(step8 / ck.WEIGHTS))
     res = _fit(cfg, tmp_path / "b", resume=True)
     assert res.steps == cfg.train.steps
     assert_same_state(final_weights(tmp_path / "b"), ref_w)
@@ -136,13 +147,22 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_cleanly(tmp_path, signal_setup):
 # ---- atomic checkpoints -------------------------------------------------------------------------
 
 
+def _files(model, state):
+    return {ck.WEIGHTS: lambda p: ck.save_module(model, p),
+            ck.STATE: lambda p: torch.save(state, p)}
+
+
 def test_crash_mid_checkpoint_write_keeps_the_previous_latest(tmp_path, monkeypatch):
+    from zootune.train import TrainState
+
     model = torch.nn.Linear(3, 2)
     root = tmp_path / "checkpoints"
-    ck.save_checkpoint(root, 1, model, {"step": 1})
+    state = TrainState(model=model, step=1, extras={"note": "first"})
+    state.save(root)
     good = {k: v.clone() for k, v in model.state_dict().items()}
     with torch.no_grad():
         model.weight.add_(1.0)
+    state.step = 2
 
     def torn_save(obj, path, *a, **k):
         Path(path).write_bytes(b"\x80\x02partial")  # half-written state, then the process dies
@@ -150,42 +170,53 @@ def test_crash_mid_checkpoint_write_keeps_the_previous_latest(tmp_path, monkeypa
 
     monkeypatch.setattr(ck.torch, "save", torn_save)
     with pytest.raises(OSError):
-        ck.save_checkpoint(root, 2, model, {"step": 2})
+        state.save(root)
+    with pytest.raises(OSError):
+        ck.save_checkpoint(root, 2, _files(model, {"step": 2}))
     monkeypatch.undo()
     latest = ck.read_latest(root)
     assert latest is not None and latest.name == "step_00000001"
-    assert ck.load_state(latest)["step"] == 1
+    assert TrainState.latest(root) == latest
+    assert ck.read_state(latest)["step"] == 1
     fresh = torch.nn.Linear(3, 2)
-    ck.load_weights(fresh, latest / ck.WEIGHTS)
+    ck.load_module(fresh, latest / ck.WEIGHTS)
     assert all(torch.equal(fresh.state_dict()[k], good[k]) for k in good)
+    again = TrainState(model=torch.nn.Linear(3, 2))
+    again.load(latest)
+    assert again.step == 1 and again.extras == {"note": "first"}
+    assert all(torch.equal(again.model.state_dict()[k], good[k]) for k in good)
     assert not (root / "step_00000002").exists()
     assert not [p for p in root.iterdir() if p.name.startswith(".")]  # temp folder removed
 
 
 def test_torn_weights_file_never_replaces_the_old_one(tmp_path, monkeypatch):
-    import safetensors.torch as st
+    import zootune.export as zexport
 
     model = torch.nn.Linear(3, 2)
     path = tmp_path / "model.safetensors"
-    ck.save_weights(model, path)
+    ck.save_module(model, path)
     before = path.read_bytes()
 
-    def torn(model, filename, *a, **k):
+    def torn(tensors, filename, *a, **k):
         Path(filename).write_bytes(b"garbage")
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(st, "save_model", torn)
+    monkeypatch.setattr(zexport, "save_file", torn)
     with pytest.raises(KeyboardInterrupt):
-        ck.save_weights(model, path)
+        ck.save_module(model, path)
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["model.safetensors"]
 
 
 def test_corrupt_latest_pointer_is_a_clear_error(tmp_path):
     root = tmp_path / "checkpoints"
-    ck.save_checkpoint(root, 3, torch.nn.Linear(2, 2), {"step": 3}, keep=1)
-    ck.save_checkpoint(root, 6, torch.nn.Linear(2, 2), {"step": 6}, keep=1)
+    ck.save_checkpoint(root, 3, _files(torch.nn.Linear(2, 2), {"step": 3}), keep=1)
+    ck.save_checkpoint(root, 6, _files(torch.nn.Linear(2, 2), {"step": 6}), keep=1)
     assert sorted(p.name for p in root.iterdir() if p.is_dir()) == ["step_00000006"]
     (root / "latest.json").write_text("{not json")
     with pytest.raises(CheckpointError, match="corrupt"):
+        ck.read_latest(root)
+    (root / "latest.json").write_text(json.dumps({"step": 6, "dir": "step_00000006"}))
+    (root / "step_00000006" / ck.STATE).unlink()
+    with pytest.raises(CheckpointError, match="incomplete"):
         ck.read_latest(root)

@@ -26,9 +26,8 @@ def test_file_specs_build_train_and_carry_preprocessing(tmp_path):
         save_file({k: v.contiguous() for k, v in m.state_dict().items()}, str(path))
         specs.append(f"file:{path} arch=torchvision:resnet18 name=m{i}")
     cfg = build_config({
-        "preset": "adam", "method": "zoo_tuning_lite",
+        "recipe": "adam", "method": {"name": "zoo_tuning_lite", "layers": ["layer4.*"]},
         "zoo": {"spec": specs, "offline": True},
-        "zoo_tune": {"layers": ["layer4.*"]},
         "data": {"name": "digits", "image_size": 16, "labels_per_class": 2},
         "train": {"steps": 2, "batch_size": 4, "eval_every": 0, "checkpoint_every": 0,
                   "threads": 1, "progress": False, "tensorboard": False},
@@ -38,5 +37,6 @@ def test_file_specs_build_train_and_carry_preprocessing(tmp_path):
     pre = run.data.info["preprocessing"]
     assert pre["channels"] == 3 and pre["mean"] == pytest.approx([0.485, 0.456, 0.406])
     assert run.model.layer_names and all(n.startswith("layer4") for n in run.model.layer_names)
-    res = fit(run.model, run.task, run.data, cfg, None, report=False)
+    assert run.model.lite and run.method.name == "zoo_tuning_lite"
+    res = fit(run.model, run.task, run.data, cfg, None, method=run.method, report=False)
     assert res.steps == 2 and 0.0 <= res.metrics["test"]["accuracy"] <= 1.0

@@ -107,11 +107,22 @@ def test_demo_architecture_by_import_path(tmp_path):
     m = load(f"file:{path} arch=zootune.demo.model:MiniCNN", strict=False)
     # default width is 32: the trunk does not fit, and strict=false leaves it random
     assert m.width == 32
-    # no declared preprocessing: ImageNet statistics, but the first conv's channel count
+    # MiniCNN declares the demo's input: 1x16x16 in [0, 1], not normalised
     pre = m.zootune_preprocessing
-    assert pre.input_size[0] == 1 and len(pre.mean) == 1 and len(pre.std) == 1
+    assert pre.input_size == (1, 16, 16) and pre.mean == (0.0,) and pre.std == (1.0,)
+    assert pre.source == "declared by zootune.demo.model:MiniCNN"
     with pytest.raises(CheckpointError, match="does not fit MiniCNN"):
         load(f"file:{path} arch=zootune.demo.model:MiniCNN")
+    # kwargs fit the trunk
+    m = load({"spec": f"file:{path}", "arch": "zootune.demo.model:MiniCNN", "kwargs": {"width": 8}})
+    assert m.width == 8 and torch.equal(m.head.weight, ref.head.weight.half().float())
+
+
+def test_undeclared_preprocessing_keeps_the_first_conv_channel_count():
+    m = load("random:zootune.models:small_cnn")  # declares nothing, grey-scale input
+    pre = m.zootune_preprocessing
+    assert pre.input_size == (1, 224, 224) and len(pre.mean) == 1 and len(pre.std) == 1
+    assert pre.source.startswith("assumed: ImageNet default, 1 channel")
 
 
 @pytest.mark.parametrize("arch, message", [

@@ -6,7 +6,7 @@ import pytest
 
 from zootune.errors import ZootuneError
 from zootune.zoo import ZooSpecError, expand_specs, parse_spec
-from zootune.zoo.presets import MOCO_V1_URL, PRESETS
+from zootune.zoo.presets import MOCO_V1_URL, ZOO_PRESETS
 
 
 def test_every_kind_parses():
@@ -84,7 +84,7 @@ def test_paper_preset_expands_to_the_five_documented_models():
     # presets mix with specs, underscores accepted
     specs, _ = expand_specs(["paper_resnet50", "timm:resnet18"])
     assert len(specs) == 6 and specs[-1].kind == "timm"
-    assert set(PRESETS) >= {"paper-resnet50", "paper-resnet50-mocov2"}
+    assert set(ZOO_PRESETS) >= {"paper-resnet50", "paper-resnet50-mocov2", "demo"}
 
 
 def test_preset_weights_exist_in_torchvision():
@@ -102,5 +102,5 @@ def test_preset_weights_exist_in_torchvision():
 
 
 def test_unknown_name_is_not_a_preset():
-    with pytest.raises(ZooSpecError, match="presets: paper-resnet50"):
+    with pytest.raises(ZooSpecError, match="presets: demo, paper-resnet50"):
         expand_specs("paper-resnet51")

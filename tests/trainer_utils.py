@@ -20,7 +20,7 @@ def tiny_raw(**over: Any) -> dict[str, Any]:
     """A config dict for a few-second run on 8x8 digits with 2-3 tiny random CNN sources."""
     raw: dict[str, Any] = {
         "name": "tiny",
-        "preset": "adam",
+        "recipe": "adam",
         "method": "zoo_tuning_lite",
         "zoo": {"builder": "zootune.models:small_cnn",
                 "builder_kwargs": {"widths": [4, 8], "norm": "group"}, "random_sources": 2},

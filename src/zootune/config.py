@@ -1,16 +1,22 @@
 """One validated configuration for every zootune run (``zootune tune CONFIG.yaml``).
 
-A run is described by a YAML file with the sections of :class:`Config` (``zoo``, ``zoo_tune``,
-``method``, ``task``, ``data``, ``optim``, ``schedule``, ``train``). It is loaded in three layers:
+A run is described by a YAML file with the sections of :class:`Config` (``zoo``, ``method``,
+``task``, ``data``, ``optim``, ``schedule``, ``train``). It is loaded in three layers:
 
-1. the *preset* named by ``preset:`` (e.g. ``paper_classification``, the recipe of the paper's
+1. the *recipe* named by ``recipe:`` (e.g. ``paper_classification``, the recipe of the paper's
    §4.2: SGD lr 0.01, momentum 0.9, x0.1 every 6k of 15k iterations, batch 48);
-2. the YAML file itself, deep-merged over the preset;
+2. the YAML file itself, deep-merged over the recipe;
 3. ``key=value`` overrides from the command line with dotted keys (``optim.lr=0.003``), whose
    values are parsed as YAML scalars (``true``, ``1e-3``, ``[a, b]``).
 
 The result is validated by pydantic with ``extra="forbid"``: a misspelt key or a wrong type is
 reported as one :class:`ConfigError` line that names the bad key and lists the valid ones.
+
+``method`` and ``task`` are plug-ins: each names an entry of its registry
+(:mod:`zootune.methods`, :mod:`zootune.tasks`) and carries that entry's own options, validated by
+the entry's ``Options`` model (``method: {name: zoo_tuning, lite: true}``; a bare name such as
+``method: finetune`` takes the defaults). A wrong option for that method is one error line that
+lists the options it has.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ from pathlib import Path
 from typing import Any, Literal, Mapping, Sequence
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, field_validator
 
 from zootune.errors import ZootuneError
 
@@ -30,8 +36,22 @@ class ConfigError(ZootuneError, ValueError):
     """A configuration file or override is malformed, has an unknown key or a wrong type."""
 
 
-class _Section(BaseModel):
+class Section(BaseModel):
+    """Base of every config section: unknown keys are errors, assignments are validated."""
+
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+_Section = Section
+
+
+class PluginOptions(Section):
+    """Options of a registered plug-in (a method or a task); ``name`` selects the plug-in.
+
+    Subclasses (``Method.Options``, ``Task.Options``) add their own fields with defaults.
+    """
+
+    name: str
 
 
 # --------------------------------------------------------------------------------------------
@@ -40,13 +60,16 @@ class _Section(BaseModel):
 
 
 class ZooConfig(_Section):
-    """Where the source models come from.
+    """Where the source models come from: everything is loaded by :func:`zootune.zoo.load_zoo`.
 
-    Either ``spec`` (a zoo spec or preset understood by :func:`zootune.zoo.load_zoo`, when that
-    module is installed), or ``builder`` (``"torchvision:resnet18"``, ``"timm:resnet18"`` or an
-    import path ``"package.module:function"``) plus ``checkpoints`` (local ``.safetensors`` /
-    ``.pt`` state dicts, one per source). ``random_sources: N`` builds N randomly initialised
-    sources (seeds ``seed, seed+1, ...``): only for smoke tests and debugging.
+    ``spec``: a zoo spec, a zoo preset (``paper-resnet50``, ``demo``) or a list of specs /
+    ``{spec, arch, name, kwargs}`` mappings (see :mod:`zootune.zoo`). Two shorthands become
+    specs: ``builder`` (an architecture: ``torchvision:resnet18``, ``timm:resnet18``,
+    ``package.module:callable``) with ``checkpoints`` (local files, one per source:
+    ``file:PATH arch=BUILDER``), or with ``random_sources: N`` (``random:BUILDER seed=seed+i``,
+    randomly initialised sources for smoke tests). ``builder_kwargs`` go to the builder.
+    ``strip_heads``: ``None`` lets the run decide (heads that differ between members are
+    stripped when the task puts a new head on every model anyway).
     """
 
     spec: Any = None
@@ -57,35 +80,9 @@ class ZooConfig(_Section):
     random_sources: int | None = Field(default=None, ge=1)
     seed: int = 0
     strict: bool = True
-    # passed to zootune.zoo.load_zoo with ``spec``
     strip_heads: bool | None = None
     offline: bool | None = None
     checkpoint_dir: str | None = None
-
-
-class ZooTuneConfig(_Section):
-    """Options passed to :func:`zootune.zoo_tune` (see its docstring for their meaning)."""
-
-    layers: list[str] | None = None
-    exclude: list[str] = Field(default_factory=list)
-    align: bool | Literal["default", "paper"] | list[str] = "default"
-    lite: bool = False
-    rest: Literal["average"] | int = "average"
-    gate: Literal["sigmoid", "normalized", "softmax"] = "normalized"
-    gate_init: Literal["uniform", "kaiming", "default"] = "uniform"
-    gate_hidden: int | None = Field(default=None, ge=1)
-    te_momentum: float = Field(default=0.9, ge=0.0, lt=1.0)
-    kernel: str = "auto"
-    recompute: bool = True
-
-
-class TaskConfig(_Section):
-    """What is learned: the task kind and its head."""
-
-    name: Literal["classification"] = "classification"
-    num_classes: int | None = Field(default=None, ge=1)
-    head: str | None = None  # module name of the source classifier to replace (auto if None)
-    label_smoothing: float = Field(default=0.0, ge=0.0, lt=1.0)
 
 
 class DataConfig(_Section):
@@ -162,29 +159,37 @@ class TrainConfig(_Section):
 
 
 class Config(_Section):
-    """A whole run. Every section has defaults; ``preset`` picks a recipe for them."""
+    """A whole run. Every section has defaults; ``recipe`` picks a training recipe for them."""
 
-    preset: str | None = None
+    recipe: str | None = None
     name: str | None = None
     out_dir: str | None = None
-    method: Literal["zoo_tuning", "zoo_tuning_lite", "finetune", "average_aggregation"] = (
-        "zoo_tuning"
-    )
-    source: int = Field(default=0, ge=0)  # which source the ``finetune`` method starts from
+    method: SerializeAsAny[PluginOptions] = Field(
+        default_factory=lambda: _plugin("method", _DEFAULT_PLUGIN["method"]))
     zoo: ZooConfig = Field(default_factory=ZooConfig)
-    zoo_tune: ZooTuneConfig = Field(default_factory=ZooTuneConfig)
-    task: TaskConfig = Field(default_factory=TaskConfig)
+    task: SerializeAsAny[PluginOptions] = Field(
+        default_factory=lambda: _plugin("task", _DEFAULT_PLUGIN["task"]))
     data: DataConfig = Field(default_factory=DataConfig)
     optim: OptimConfig = Field(default_factory=OptimConfig)
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
 
-    @field_validator("preset")
+    @field_validator("recipe")
     @classmethod
-    def _known_preset(cls, v: str | None) -> str | None:
-        if v is not None and v not in PRESETS:
-            raise ValueError(f"unknown preset {v!r}; valid presets: {', '.join(sorted(PRESETS))}")
+    def _known_recipe(cls, v: str | None) -> str | None:
+        if v is not None and v not in RECIPES:
+            raise ValueError(f"unknown recipe {v!r}; valid recipes: {', '.join(sorted(RECIPES))}")
         return v
+
+    @field_validator("method", mode="before")
+    @classmethod
+    def _method_options(cls, v: Any) -> Any:
+        return _plugin("method", v)
+
+    @field_validator("task", mode="before")
+    @classmethod
+    def _task_options(cls, v: Any) -> Any:
+        return _plugin("task", v)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON/YAML-able dict of every value (defaults included)."""
@@ -198,8 +203,9 @@ class Config(_Section):
 # Presets
 # --------------------------------------------------------------------------------------------
 
-#: Recipes that a config can start from with ``preset: NAME``. The YAML and overrides win.
-PRESETS: dict[str, dict[str, Any]] = {
+#: Training recipes a config can start from with ``recipe: NAME``; the YAML and overrides win.
+#: (Zoo presets, named sets of checkpoints, are another thing: ``zootune.zoo.ZOO_PRESETS``.)
+RECIPES: dict[str, dict[str, Any]] = {
     # Paper §4.2: SGD lr 0.01, momentum 0.9, 15k iterations, lr x0.1 every 6k, batch 48.
     "paper_classification": {
         "task": {"name": "classification"},
@@ -288,9 +294,9 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def _model_at(loc: Sequence[Any]) -> type[BaseModel] | None:
+def _model_at(loc: Sequence[Any], root: type[BaseModel] = Config) -> type[BaseModel] | None:
     """The pydantic model class that owns the field at ``loc[:-1]`` (for listing valid keys)."""
-    model: type[BaseModel] = Config
+    model: type[BaseModel] = root
     for part in loc[:-1]:
         field = model.model_fields.get(str(part))
         if field is None:
@@ -303,20 +309,51 @@ def _model_at(loc: Sequence[Any]) -> type[BaseModel] | None:
     return model
 
 
-def _format_validation_error(exc: ValidationError) -> str:
+def _field_path(loc: list[str], root: type[BaseModel]) -> list[str]:
+    """``loc`` cut after the last config key (pydantic appends union branches, list indices)."""
+    out: list[str] = []
+    model: type[BaseModel] | None = root
+    for part in loc:
+        if model is None or part not in model.model_fields:
+            if model is not None:
+                out.append(part)  # an unknown key of this section: keep it
+            break
+        out.append(part)
+        ann = model.model_fields[part].annotation
+        model = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
+    return out or loc[:1]
+
+
+#: Keys of earlier versions and where their settings live now.
+_MOVED = {
+    "preset": "use 'recipe' (training recipes); zoo presets go in zoo.spec",
+    "zoo_tune": "Zoo-Tuning options live in the method section now, e.g. "
+                "method: {name: zoo_tuning, lite: true, align: default}",
+    "source": "the source to fine-tune is a method option now: method: {name: finetune, source: 0}",
+}
+
+
+def _format_validation_error(exc: ValidationError, root: type[BaseModel] = Config,
+                             prefix: Sequence[str] = ()) -> str:
     """One line for the first problem, naming the key and the valid keys of its section."""
     errors = exc.errors()
     first = errors[0]
-    loc = [str(p) for p in first["loc"]]
-    key = ".".join(loc) or "<root>"
-    owner = _model_at(first["loc"])
+    loc = _field_path([str(p) for p in first["loc"]], root)
+    full = list(prefix) + loc
+    key = ".".join(full) or "<root>"
+    owner = _model_at(loc, root)
     valid = sorted(owner.model_fields) if owner is not None else []
-    section = ".".join(loc[:-1]) or "top level"
+    section = ".".join(full[:-1]) or "top level"
+    if owner is not None and issubclass(owner, PluginOptions) and full[:-1]:
+        section += f" ({getattr(owner, 'plugin_name', '') or 'plug-in'})"
     if first["type"] == "extra_forbidden":
-        hint = difflib.get_close_matches(loc[-1], valid, n=1)
         msg = f"unknown config key {key!r}"
-        if hint:
-            msg += f" (did you mean {'.'.join(loc[:-1] + [hint[0]])!r}?)"
+        if not prefix and len(loc) == 1 and loc[0] in _MOVED:
+            msg += f": {_MOVED[loc[0]]}"
+        else:
+            hint = difflib.get_close_matches(loc[-1], valid, n=1)
+            if hint:
+                msg += f" (did you mean {'.'.join(full[:-1] + [hint[0]])!r}?)"
     else:
         got = first.get("input")
         got_s = repr(got)
@@ -330,28 +367,106 @@ def _format_validation_error(exc: ValidationError) -> str:
     return msg
 
 
+def _registry(kind: str):
+    if kind == "method":
+        from zootune import methods as reg
+    else:
+        from zootune import tasks as reg
+    return reg
+
+
+_DEFAULT_PLUGIN = {"method": "zoo_tuning", "task": "classification"}
+
+
+def _plugin(kind: str, value: Any) -> PluginOptions:
+    """The validated ``Options`` of the plug-in that ``value`` names (str, mapping or options).
+
+    Raises :class:`ConfigError` (one line naming the key and the plug-in's valid options).
+    """
+    reg = _registry(kind)
+    if isinstance(value, PluginOptions):
+        cls = reg.get(value.name)
+        if isinstance(value, cls.Options):
+            return value
+        value = value.model_dump()
+    if value is None:
+        value = {}
+    if isinstance(value, str):
+        value = {"name": value}
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"config key {kind!r} must be a {kind} name or a mapping with 'name' and "
+                          f"its options (got {value!r}); valid {kind}s: {', '.join(reg.available())}")
+    value = dict(value)
+    name = value.setdefault("name", _DEFAULT_PLUGIN[kind])
+    if not isinstance(name, str) or name not in reg.available():
+        hint = difflib.get_close_matches(str(name), reg.available(), n=1)
+        raise ConfigError(f"unknown {kind} {name!r}" + (f" (did you mean {hint[0]!r}?)" if hint else "")
+                          + f"; valid {kind}s: {', '.join(reg.available())}")
+    options_cls = reg.get(name).Options
+    try:
+        return options_cls.model_validate(value)
+    except ValidationError as exc:
+        raise ConfigError(_format_validation_error(exc, options_cls, prefix=[kind])) from None
+
+
+def _normalise_plugins(raw: dict[str, Any]) -> dict[str, Any]:
+    """``method: NAME`` -> ``method: {name: NAME}`` so that dotted overrides can reach options."""
+    for kind in ("method", "task"):
+        if isinstance(raw.get(kind), str):
+            raw[kind] = {"name": raw[kind]}
+    return raw
+
+
 def build_config(raw: Mapping[str, Any] | None = None, overrides: Sequence[str] = ()) -> Config:
-    """Validate ``raw`` (+ overrides) on top of its preset; raise :class:`ConfigError`."""
-    raw = apply_overrides(dict(raw or {}), overrides)
-    preset = raw.get("preset")
-    if preset is not None:
-        if not isinstance(preset, str) or preset not in PRESETS:
+    """Validate ``raw`` (+ overrides) on top of its recipe; raise :class:`ConfigError`."""
+    raw = apply_overrides(_normalise_plugins(copy.deepcopy(dict(raw or {}))), overrides)
+    recipe = raw.get("recipe")
+    if recipe is not None:
+        if not isinstance(recipe, str) or recipe not in RECIPES:
             raise ConfigError(
-                f"unknown preset {preset!r}; valid presets: {', '.join(sorted(PRESETS))}"
+                f"unknown recipe {recipe!r}; valid recipes: {', '.join(sorted(RECIPES))}"
             )
-        raw = deep_merge(PRESETS[preset], raw)
+        raw = deep_merge(RECIPES[recipe], raw)
+    for kind in ("method", "task"):  # plug-in sections first: their errors name their options
+        if kind in raw and not isinstance(raw[kind], PluginOptions):
+            raw[kind] = _plugin(kind, raw[kind])
     try:
         return Config.model_validate(raw)
     except ValidationError as exc:
         raise ConfigError(_format_validation_error(exc)) from None
 
 
+def resolve_config_path(path: str | Path) -> Path:
+    """A config file path, or the name of an example shipped in the package (``digits_tiny``).
+
+    The examples live in ``zootune/configs/`` inside the installed package, so
+    ``zootune tune digits_tiny`` works from any folder after ``pip install zootune``.
+    """
+    p = Path(path)
+    if p.is_file():
+        return p
+    name = p.name if p.suffix in (".yaml", ".yml") else p.name + ".yaml"
+    shipped = Path(__file__).resolve().parent / "configs" / name
+    if shipped.is_file() and len(p.parts) <= 2:
+        return shipped
+    return p
+
+
+def example_configs() -> dict[str, Path]:
+    """``{name: path}`` of the example configs shipped in the package."""
+    folder = Path(__file__).resolve().parent / "configs"
+    return {f.stem: f for f in sorted(folder.glob("*.yaml"))}
+
+
 def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> Config:
-    """Load a YAML config file (or only overrides when ``path`` is None) and validate it."""
-    raw = read_yaml(path) if path is not None else {}
+    """Load a YAML config file (a path or a shipped example's name; or only overrides when
+    ``path`` is None) and validate it."""
+    raw = read_yaml(resolve_config_path(path)) if path is not None else {}
     return build_config(raw, overrides)
 
 
 def save_config(cfg: Config, path: str | Path) -> None:
-    """Write the fully resolved config (every default spelt out) as YAML."""
-    Path(path).write_text(cfg.to_yaml())
+    """Write the fully resolved config (every default spelt out) as YAML, atomically."""
+    from zootune.atomic import atomic_write_text
+
+    atomic_write_text(path, cfg.to_yaml())

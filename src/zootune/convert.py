@@ -3,7 +3,8 @@
 Steps (paper §3.2 and appendix A.2):
 
 1. validate the zoo: at least two ``nn.Module`` s with the same module tree, the same parameter
-   and buffer shapes, and finite weights;
+   and buffer shapes, and finite weights (:func:`validate_zoo`, built on the one architecture
+   check :func:`zootune.zoo.check_same_architecture`);
 2. select the layers to aggregate (``layers=`` / ``exclude=`` name patterns; by default every
    ``nn.Conv2d`` and ``nn.Linear`` whose forward is the standard one) and replace each with an
    AdaAgg layer holding the ``m`` source weights, an alignment ``T_i`` (``align=``) and a gate;
@@ -33,6 +34,7 @@ from torch import nn
 
 from .errors import LayerSelectionError, ZooMismatchError, ZootuneError
 from .layers import CONV_KERNELS, GATE_INITS, GATE_KINDS, AdaAggBase, AdaAggConv2d, AdaAggLinear
+from .zoo.check import check_same_architecture
 
 AlignSpec = bool | Literal["default", "paper"] | Sequence[str]
 
@@ -46,8 +48,15 @@ PAPER_ALIGN_PATTERNS = ("conv1", "layer3.*.conv2", "layer4.*.conv2")
 # ----------------------------------------------------------------------------------------------
 
 
-def validate_zoo(models: Sequence[nn.Module]) -> None:
-    """Raise one clear error if ``models`` cannot form a zoo (see module docstring, step 1)."""
+def validate_zoo(models: Sequence[nn.Module], names: Sequence[str] | None = None) -> None:
+    """Raise one clear :class:`ZooMismatchError` if ``models`` cannot form a zoo.
+
+    Aggregation needs a list or tuple of at least two ``nn.Module`` s; everything else — the
+    same module tree, parameter and buffer names and shapes, finite weights — is
+    :func:`zootune.zoo.check_same_architecture` (the one architecture check, whose messages
+    name both members, the key, both shapes, and say when a classification head differs).
+    ``names`` (default: a :class:`zootune.zoo.Zoo`'s own names) name the members in messages.
+    """
     if isinstance(models, nn.Module) or not isinstance(models, (list, tuple)):
         raise ZooMismatchError(
             "zoo_tune expects a list or tuple of nn.Module (the zoo); "
@@ -60,42 +69,11 @@ def validate_zoo(models: Sequence[nn.Module]) -> None:
     for i, m in enumerate(models):
         if not isinstance(m, nn.Module):
             raise ZooMismatchError(f"zoo member {i} is a {type(m).__name__}, not an nn.Module")
-    ref = models[0]
-    ref_modules = [(n, type(mod)) for n, mod in ref.named_modules()]
-    ref_state = ref.state_dict()
-    for i, model in enumerate(models[1:], start=1):
-        modules = [(n, type(mod)) for n, mod in model.named_modules()]
-        if modules != ref_modules:
-            for (n0, t0), (n1, t1) in zip(ref_modules, modules):
-                if (n0, t0) != (n1, t1):
-                    raise ZooMismatchError(
-                        f"zoo member {i} has a different module tree from member 0: "
-                        f"'{n0 or '<root>'}' ({t0.__name__}) in member 0 vs "
-                        f"'{n1 or '<root>'}' ({t1.__name__}) in member {i}"
-                    )
-            raise ZooMismatchError(
-                f"zoo member {i} has {len(modules)} modules, member 0 has {len(ref_modules)}"
-            )
-        state = model.state_dict()
-        for key, t0 in ref_state.items():
-            t1 = state.get(key)
-            if t1 is None:
-                raise ZooMismatchError(f"zoo member {i} has no tensor '{key}' (member 0 has)")
-            if t0.shape != t1.shape:
-                raise ZooMismatchError(
-                    f"parameter '{key}' has shape {tuple(t0.shape)} in member 0 but "
-                    f"{tuple(t1.shape)} in member {i}: the zoo must share one architecture"
-                )
-        extra = [k for k in state if k not in ref_state]
-        if extra:
-            raise ZooMismatchError(f"zoo member {i} has tensor '{extra[0]}' that member 0 lacks")
-    for i, model in enumerate(models):
-        for key, t in model.state_dict().items():
-            if t.is_floating_point() and not bool(torch.isfinite(t).all()):
-                bad = int((~torch.isfinite(t)).sum())
-                raise ZooMismatchError(
-                    f"zoo member {i}: tensor '{key}' has {bad} non-finite value(s) (NaN or Inf)"
-                )
+    if names is None:
+        names = getattr(models, "names", None)
+        if names is not None and len(names) != len(models):
+            names = None
+    check_same_architecture(models, names)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -234,12 +212,42 @@ def select_aligned(model: nn.Module, chosen: Sequence[str], align: AlignSpec) ->
 # ----------------------------------------------------------------------------------------------
 
 
+class GateTracking:
+    """What :meth:`ZooModel.track_gates` returns: the change is made at once; used as a context
+    manager, each layer's previous ``track_gates`` value is restored on exit."""
+
+    def __init__(self, layers: Sequence[AdaAggBase], mode: bool) -> None:
+        self._previous = [(layer, layer.track_gates) for layer in layers]
+        self.mode = bool(mode)
+        for layer in layers:
+            layer.track_gates = self.mode
+
+    def __enter__(self) -> "GateTracking":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for layer, previous in self._previous:
+            layer.track_gates = previous
+
+    def __repr__(self) -> str:
+        return f"GateTracking(mode={self.mode})"
+
+
 class ZooModel(nn.Module):
     """A model whose selected layers aggregate a zoo (Zoo-Tuning). Call it like ``models[0]``.
 
     ``zm.model`` is the converted module (the class of ``models[0]`` with AdaAgg layers in place);
     attributes ``zm`` does not have are looked up on it. ``settings`` records how it was built
     (used by :func:`zootune.save` / :func:`zootune.load`).
+
+    Gate statistics — lite mode's temporal ensemble ``abar`` (Eq. 4), which *is* the exported
+    model's gate, and the running mean of observed gates in per-sample mode — are updated by
+    every training-mode forward, as BatchNorm updates its running statistics.
+    ``zm.track_gates(False)`` stops that for forwards that are not training steps (a second
+    forward of one step, a gradient or feature probe in train mode), without changing outputs or
+    gradients; ``with zm.track_gates(False): ...`` restores each layer's previous setting on
+    exit. The setting is a plain attribute of each AdaAgg layer (``track_gates``), not part of
+    the state dict, and an exported model does not have it.
     """
 
     def __init__(self, model: nn.Module, settings: dict[str, Any]) -> None:
@@ -330,6 +338,16 @@ class ZooModel(nn.Module):
             for name, ps, glr in groups
             if ps
         ]
+
+    def track_gates(self, mode: bool = True) -> GateTracking:
+        """Whether training-mode forwards update the gate statistics (default: they do).
+
+        Sets ``track_gates`` on every AdaAgg layer now and returns an object that, used as a
+        context manager, restores each layer's previous value on exit (like
+        ``torch.autograd.set_grad_enabled``): ``zm.track_gates(False)`` and
+        ``with zm.track_gates(False): ...`` both work.
+        """
+        return GateTracking(list(self.adaagg_layers().values()), mode)
 
     def freeze_gates(self) -> "ZooModel":
         """Stop training the gate networks (with the uniform init: fixed equal gates, i.e. plain

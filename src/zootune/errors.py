@@ -15,3 +15,8 @@ class LayerSelectionError(ZootuneError, ValueError):
 
 class CheckpointError(ZootuneError, ValueError):
     """A saved file is missing, corrupt, or does not fit the template it is loaded into."""
+
+
+class HeadError(ZootuneError, ValueError):
+    """A classification head was asked for that the model does not have (an unknown module
+    name, or a head that holds no ``nn.Linear``)."""

@@ -31,18 +31,32 @@ def count_params(model: nn.Module) -> int:
 
 
 def count_flops(model: nn.Module, example: torch.Tensor, train: bool = False) -> int:
-    """FLOPs of one forward pass of ``example`` (state of ``model`` restored afterwards)."""
+    """FLOPs of one forward pass of ``example``.
+
+    A training-mode forward would update BatchNorm running statistics and a Zoo-Tuning model's
+    gate statistics: BatchNorm is counted with its momentum set to 0 (statistics kept as they
+    are) and gate tracking is off, so the model's state is left untouched.
+    """
     from torch.utils.flop_counter import FlopCounterMode
 
+    from zootune.train.loop import gate_tracking
+
     was = model.training
-    saved = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    momenta = [(m, m.momentum, m.num_batches_tracked.clone() if m.num_batches_tracked is not None
+                else None) for m in norms]
     try:
         model.train(train)
-        with torch.no_grad(), FlopCounterMode(display=False) as fc:
+        for m in norms:
+            m.momentum = 0.0
+        with torch.no_grad(), gate_tracking(model, False), FlopCounterMode(display=False) as fc:
             model(example)
         return int(fc.get_total_flops())
     finally:
-        model.load_state_dict(saved)
+        for m, mom, nbt in momenta:
+            m.momentum = mom
+            if nbt is not None:
+                m.num_batches_tracked.copy_(nbt)
         model.train(was)
 
 
@@ -71,27 +85,17 @@ def model_costs(model: nn.Module, example: torch.Tensor) -> dict[str, Any]:
     return out
 
 
-def example_batch(data: Any, n: int = 2) -> torch.Tensor | None:
-    """A few validation (or training) inputs, for counting FLOPs."""
-    return _example(data, n)
+def example_batch(data: Any, field: str = "image", n: int = 2) -> torch.Tensor | None:
+    """A few validation (or training) inputs (sample field ``field``), for counting FLOPs."""
+    from zootune.data.sample import as_sample
 
-
-def _example(data: Any, n: int = 2) -> torch.Tensor | None:
     ds = data.val if data is not None and data.val is not None else getattr(data, "train", None)
     if ds is None or len(ds) == 0:
         return None
-    xs = [ds[i][0] for i in range(min(n, len(ds)))]
+    xs = [as_sample(ds[i])[field] for i in range(min(n, len(ds)))]
     if len(xs) < 2:
         xs = xs * 2
     return torch.stack([torch.as_tensor(x) for x in xs])
-
-
-def _fmt(v: Any, pct: bool = False) -> str:
-    if v is None:
-        return "-"
-    if pct:
-        return f"{100 * v:.2f}%"
-    return f"{v:.4f}" if isinstance(v, float) else str(v)
 
 
 def _human(n: float) -> str:
@@ -119,7 +123,9 @@ def write_report(out_dir: str | Path, result: Any, cfg: Any, *, task: Any = None
 
     lines.append("## Summary\n")
     lines.append("| | |\n|---|---|")
-    lines.append(f"| method | `{cfg.method}`" + (f" (source {cfg.source})" if cfg.method == "finetune" else "") + " |")
+    lines.append(f"| method | `{info.get('method') or cfg.method.name}` |")
+    if task is not None:
+        lines.append(f"| task | {task.name} |")
     zoo_names = info.get("zoo")
     if zoo_names:
         lines.append(f"| zoo ({len(zoo_names)} sources) | {', '.join(map(str, zoo_names))} |")
@@ -127,7 +133,7 @@ def write_report(out_dir: str | Path, result: Any, cfg: Any, *, task: Any = None
         lines.append(f"| zoo spec | `{cfg.zoo.spec}` |")
     elif cfg.zoo.builder:
         lines.append(f"| architecture | `{cfg.zoo.builder}` |")
-    zoo_warnings = (info.get("zoo_info") or {}).get("warnings") or []
+    zoo_warnings = info.get("zoo_warnings") or []
     d = info.get("data") or (data.info if data is not None else {})
     if d:
         lines.append(f"| data | {d.get('name', cfg.data.name)}: train {d.get('train', '?')}, "
@@ -148,16 +154,17 @@ def write_report(out_dir: str | Path, result: Any, cfg: Any, *, task: Any = None
     lines.append("## Results\n")
     metric_names = sorted({k for m in result.metrics.values() for k in m})
     if metric_names:
+        fmt = task.format_metric if task is not None else (lambda k, v: f"{v:.4g}")
         lines.append("| split | " + " | ".join(metric_names) + " |")
         lines.append("|---|" + "---|" * len(metric_names))
         for split, m in result.metrics.items():
             lines.append(f"| {split} | " + " | ".join(
-                _fmt(m.get(k), pct=(k == "accuracy")) for k in metric_names) + " |")
+                fmt(k, m[k]) if isinstance(m.get(k), (int, float)) else "-" for k in metric_names) + " |")
     else:
         lines.append("No evaluation (no val/test data, or the run was interrupted).")
     lines.append("")
 
-    example = _example(data) if costs is None else None
+    example = example_batch(data, getattr(task, "input_field", "image")) if costs is None else None
     if costs is not None or example is not None:
         try:
             c = costs if costs is not None else model_costs(model, example)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
 EPILOG = """\
 examples:
@@ -51,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
             overrides.append("data.name=digits")
         else:
             overrides += ["data.name=image_folder", f"data.root={args.data}"]
-    run_, wfile = load_run(args.path, weights=args.weights, data_overrides=overrides)
+    run_, wfile = load_run(args.path, weights=args.weights, data_overrides=overrides, with_data=True)
     data = run_.data
     if args.split == "all":
         if args.data is None:
@@ -64,29 +63,9 @@ def run(args: argparse.Namespace) -> int:
         ds = getattr(data, args.split)
     if ds is None or len(ds) == 0:
         raise DataError(f"the {args.split} split is empty")
-    trained = _trained_classes(wfile)
-    if args.data is not None and trained is not None and list(data.classes) != list(trained):
-        raise DataError(f"the data's classes {list(data.classes)[:10]} differ from the classes the "
-                        f"model was trained on {list(trained)[:10]}")
-    n_model = getattr(run_.task, "num_classes", data.num_classes)
-    if data.num_classes != n_model:
-        raise DataError(f"the data has {data.num_classes} classes but the model predicts {n_model}")
     m = evaluate(run_.model, run_.task, ds, batch_size=args.batch_size)
     if args.json:
         print(json.dumps({"weights": str(wfile), "split": args.split, "n": len(ds), **m}))
     else:
-        print(f"{wfile}: {args.split} ({len(ds)} samples): "
-              + ", ".join(f"{k} {v:.4f}" for k, v in m.items()))
+        print(f"{wfile}: {args.split} ({len(ds)} samples): {run_.task.summary_line(m)}")
     return 0
-
-
-def _trained_classes(wfile: Path) -> list[str] | None:
-    """Class names recorded in the run's result.json (None when unknown)."""
-    for d in (wfile.parent, *wfile.parents[:3]):
-        f = d / "result.json"
-        if f.is_file():
-            try:
-                return json.loads(f.read_text())["run"]["classes"]
-            except (ValueError, KeyError, TypeError):
-                return None
-    return None

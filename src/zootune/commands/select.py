@@ -218,9 +218,11 @@ def run(args: argparse.Namespace) -> int:
     report["order"] = order
     _print_table(order, per_model, ranks, scores)
 
+    from zootune.atomic import atomic_write_text
+
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
-        (out / "select.json").write_text(json.dumps(report, indent=2, default=float))
+        atomic_write_text(out / "select.json", json.dumps(report, indent=2, default=float))
         print(f"wrote {out / 'select.json'}", file=sys.stderr)
     if args.top_k is not None:
         import yaml
@@ -230,8 +232,7 @@ def run(args: argparse.Namespace) -> int:
                 f"{args.data!r}\n# use: zootune tune CONFIG.yaml with this zoo section, e.g. merged in\n")
         text += yaml.safe_dump({"zoo": {"spec": [results[m]["spec"] for m in top], "names": top}}, sort_keys=False)
         path = (out or Path(".")) / f"zoo_top{args.top_k}.yaml"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
+        atomic_write_text(path, text)
         print(f"wrote {path}", file=sys.stderr)
     return 0
 

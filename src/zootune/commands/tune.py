@@ -14,16 +14,18 @@ from pathlib import Path
 
 EPILOG = """\
 examples:
-  zootune tune configs/digits_tiny.yaml
-  zootune tune configs/paper_classification.yaml data.root=/data/cifar100 optim.lr=0.003
-  zootune tune configs/digits_tiny.yaml --resume          # continue after a crash or Ctrl-C
-  torchrun --nproc_per_node=4 -m zootune tune configs/paper_classification.yaml
+  zootune tune digits_tiny                # an example shipped with zootune (--examples lists them)
+  zootune tune my_run.yaml method.lite=true optim.lr=0.003
+  zootune tune paper_classification data.root=/data/cifar100
+  zootune tune digits_tiny --resume       # continue after a crash or Ctrl-C
+  torchrun --nproc_per_node=4 -m zootune tune paper_classification data.root=/data/cifar100
 
 The run folder (out_dir, default runs/<config name>) gets config.yaml, metrics.jsonl,
 tb/ (TensorBoard), checkpoints/, model.safetensors, result.json, report.md, gates.png and
 curves.png. Ctrl-C writes a checkpoint and exits (status 130); --resume continues it.
-Presets: paper_classification (SGD 0.01, momentum 0.9, x0.1 every 6k of 15k steps, batch 48),
-adam (Adam 1e-4).
+Recipes (recipe: NAME): paper_classification (SGD 0.01, momentum 0.9, x0.1 every 6k of 15k
+steps, batch 48), adam (Adam 1e-4). Methods (method: NAME or {name: NAME, ...options}) and tasks
+are registries: python -c "import zootune; print(zootune.methods.available())".
 """
 
 
@@ -36,7 +38,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("config", help="YAML config file (see configs/)")
+    p.add_argument("config", nargs="?", help="YAML config file, or the name of a shipped example")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
     p.add_argument("--resume", action="store_true",
                    help="continue the run in out_dir from its latest checkpoint")
@@ -45,6 +47,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="start over even if the run folder already holds checkpoints")
     p.add_argument("--print-config", action="store_true",
                    help="print the resolved config and exit")
+    p.add_argument("--examples", action="store_true",
+                   help="list the example configs shipped with zootune and exit")
     p.set_defaults(func=run)
     from zootune.commands._overrides import make_intermixed
 
@@ -59,8 +63,14 @@ def default_out_dir(cfg, config_path: str) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
-    from zootune.config import ConfigError, load_config
+    from zootune.config import ConfigError, example_configs, load_config, resolve_config_path
 
+    if args.examples:
+        for name, path in example_configs().items():
+            print(f"{name:24s} {path}")
+        return 0
+    if args.config is None:
+        raise ConfigError("name a config file (or a shipped example: zootune tune --examples)")
     cfg = load_config(args.config, args.overrides)
     if args.print_config:
         sys.stdout.write(cfg.to_yaml())
@@ -80,16 +90,18 @@ def run(args: argparse.Namespace) -> int:
                 (out / f).unlink(missing_ok=True)
     if args.resume and rank == 0 and (out / "config.yaml").is_file():
         _note_config_changes(out / "config.yaml", cfg)
-    from zootune.train import build_run, fit
+    from zootune.train import run_config
 
-    config_dir = Path(args.config).resolve().parent
-    run_ = build_run(cfg, base_dir=config_dir)
-    if rank == 0:
-        print(f"zootune tune: method {cfg.method}, {len(run_.zoo.names)} source(s) "
-              f"({', '.join(run_.zoo.names)}), data {cfg.data.name} "
-              f"(train {len(run_.data.train)}), {cfg.train.steps} steps -> {out}", flush=True)
-    res = fit(run_.model, run_.task, run_.data, cfg, out, resume=args.resume,
-              run_info=run_.info())
+    def announce(stage: str, run_) -> None:
+        if rank == 0:
+            print(f"zootune tune: {run_.method.describe()}"
+                  + (f" [stage {stage}]" if stage != "main" else "")
+                  + f", {len(run_.zoo.names)} source(s) ({', '.join(run_.zoo.names)}), task "
+                  f"{run_.task.name}, data {run_.cfg.data.name} (train {len(run_.data.train)}), "
+                  f"{run_.cfg.train.steps} steps -> {out}", flush=True)
+
+    config_dir = resolve_config_path(args.config).resolve().parent
+    res = run_config(cfg, out, resume=args.resume, base_dir=config_dir, on_stage=announce)
     if rank != 0:
         return 130 if res.interrupted else 0
     if res.interrupted:
@@ -97,9 +109,10 @@ def run(args: argparse.Namespace) -> int:
               f"Continue with: zootune tune {args.config} --resume"
               + (f" --out {args.out}" if args.out else ""), file=sys.stderr)
         return 130
-    parts = []
-    for split, m in res.metrics.items():
-        parts.append(f"{split} " + ", ".join(f"{k} {v:.4f}" for k, v in m.items()))
+    from zootune.tasks import build_task
+
+    task = build_task(cfg.task)
+    parts = [f"{split} {task.summary_line(m)}" for split, m in res.metrics.items()]
     print(f"done in {res.wall_time_s:.1f} s: " + "; ".join(parts))
     print(f"report: {out / 'report.md'}")
     return 0

@@ -151,7 +151,9 @@ def run_inspect(args: argparse.Namespace) -> int:
         report["zoo"]["relatedness"] = rel.to_dict()
     verdict.pop("models", None)
     if args.json_path:
-        Path(args.json_path).write_text(json.dumps(report, indent=2, default=str))
+        from zootune.atomic import atomic_write_text
+
+        atomic_write_text(args.json_path, json.dumps(report, indent=2, default=str))
         print(f"\nwrote {args.json_path}")
     if failed:
         print(f"error: {failed} of {len(parsed)} spec(s) could not be loaded", file=sys.stderr)

@@ -1,9 +1,12 @@
-"""Target data sets for the trainer.
+"""Target data sets for the trainer, their samples and transforms.
 
-``build_data(cfg.data, preprocessing)`` returns :class:`DataSplits` for the data set named by
-``cfg.data.name``. Built in: ``digits`` (scikit-learn's handwritten digits, real data, no
-download) and ``image_folder`` (one sub-folder per class). Other modules add theirs with
-:func:`register_dataset` (e.g. the demo's procedural glyph domains).
+Owns the data registry (``build_data(cfg.data, preprocessing)`` returns :class:`DataSplits` for
+the data set named by ``cfg.data.name``; built in: ``digits`` (scikit-learn's handwritten
+digits, real data, no download) and ``image_folder`` (one sub-folder per class); other modules
+add theirs with :func:`register_dataset`), the sample convention (dicts of named fields,
+:mod:`.sample`), seeded joint transforms and the evaluation preprocessing record that exported
+models carry (:mod:`.transforms`). Must never import :mod:`zootune.train`,
+:mod:`zootune.methods`, :mod:`zootune.tasks` or :mod:`zootune.commands`.
 """
 
 from __future__ import annotations

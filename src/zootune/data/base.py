@@ -24,17 +24,25 @@ class DataError(ZootuneError, ValueError):
 
 
 class TransformedDataset(Dataset):
-    """``base[indices[i]]`` with ``transform`` applied to the input.
+    """``base[indices[i]]`` as a sample dict, with a joint ``transform`` applied.
 
-    Keys may be plain indices or ``(index, seed)`` pairs; with a seed, the transform's random
-    draws come from ``torch.manual_seed(seed)`` inside a forked RNG, so they are reproducible and
-    leave the global RNG untouched.
+    ``transform``: a joint transform ``(sample, generator) -> sample``
+    (:mod:`zootune.data.sample`), or a plain callable of the input alone (wrapped in
+    :class:`~zootune.data.sample.ImageOnly`). Keys may be plain indices or the trainer's
+    ``(index, seed)`` pairs; with a seed, the transform draws from a ``torch.Generator`` seeded
+    with it, so the augmentation of a sample is a pure function of its key and the global RNG is
+    left untouched.
     """
 
     def __init__(self, base: Any, indices: Sequence[int] | None = None,
                  transform: Callable | None = None) -> None:
+        from zootune.data.sample import ImageOnly, TorchvisionJoint
+
         self.base = base
         self.indices = np.arange(len(base)) if indices is None else np.asarray(indices, dtype=np.int64)
+        if transform is not None and not isinstance(transform, (ImageOnly, TorchvisionJoint)) \
+                and not getattr(transform, "joint", False):
+            transform = ImageOnly(transform)
         self.transform = transform
 
     def __len__(self) -> int:
@@ -45,23 +53,18 @@ class TransformedDataset(Dataset):
         """Labels of this subset (used for stratification and labels-per-class sampling)."""
         return np.asarray(self.base.targets)[self.indices]
 
-    def __getitem__(self, key: int | tuple[int, int]) -> tuple[Any, Any]:
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
+        from zootune.data.sample import as_sample
+
         if isinstance(key, tuple):
             index, seed = key
         else:
             index, seed = key, None
-        x, y = self.base[int(self.indices[int(index)])]
+        sample = as_sample(self.base[int(self.indices[int(index)])])
         if self.transform is not None:
-            if seed is None:
-                x = self.transform(x)
-            else:  # seed the CPU generator only (torch.manual_seed/fork_rng cost ~100x more)
-                saved = torch.get_rng_state()
-                try:
-                    torch.default_generator.manual_seed(int(seed))
-                    x = self.transform(x)
-                finally:
-                    torch.set_rng_state(saved)
-        return x, y
+            gen = torch.Generator().manual_seed(int(seed)) if seed is not None else None
+            sample = self.transform(sample, gen)
+        return sample
 
 
 @dataclass

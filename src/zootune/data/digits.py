@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from zootune.data.base import DataError, DataSplits, TransformedDataset, stratified_split, take_per_class
-from zootune.data.transforms import resolve_preprocessing, small_image_transforms
+from zootune.data.transforms import eval_record, resolve_preprocessing, small_image_transforms
 
 
 @functools.lru_cache(maxsize=1)
@@ -71,5 +71,6 @@ def build_digits(cfg_data: Any, preprocessing: Mapping[str, Any] | None = None) 
         test=TransformedDataset(base, test_idx, ev) if len(test_idx) else None,
         classes=[str(c) for c in range(10)],
         info={"name": "digits", "train": len(train_idx), "val": len(val_idx),
-              "test": len(test_idx), "preprocessing": pre},
+              "test": len(test_idx), "preprocessing": pre,
+              "eval_preprocessing": eval_record(pre, "tensor")},
     )

@@ -19,7 +19,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from zootune.data.base import DataError, DataSplits, TransformedDataset, stratified_split, take_per_class
-from zootune.data.transforms import image_transforms, resolve_preprocessing
+from zootune.data.transforms import eval_record, image_transforms, resolve_preprocessing
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 
@@ -132,5 +132,6 @@ def build_image_folder(cfg_data: Any, preprocessing: Mapping[str, Any] | None = 
         train=TransformedDataset(pool, train_idx, tr), val=mk("val"), test=mk("test"),
         classes=classes,
         info={"name": "image_folder", "root": str(root), "train": len(train_idx),
-              "val": len(splits["val"][1]), "test": len(splits["test"][1]), "preprocessing": pre},
+              "val": len(splits["val"][1]), "test": len(splits["test"][1]), "preprocessing": pre,
+              "eval_preprocessing": eval_record(pre, "image")},
     )

@@ -40,16 +40,92 @@ def resolve_preprocessing(cfg_data: Any, zoo_pre: Mapping[str, Any] | None,
     return {"size": int(size) if size else None, "channels": int(channels), "mean": mean, "std": std}
 
 
+def eval_record(pre: Mapping[str, Any], input_kind: str) -> dict[str, Any]:
+    """The evaluation preprocessing as plain data: what a deployed model must be fed.
+
+    ``input_kind``: ``"image"`` (PIL images, converted to ``"RGB"`` or ``"L"`` by channels) or
+    ``"tensor"`` (float tensors ``(C, H, W)`` in [0, 1]). Keys: ``input``, ``resize`` (an int:
+    the shorter side; a pair: both sides; None), ``crop`` (centre crop size or None),
+    ``interpolation``, ``channels``, ``mean``, ``std``. :func:`eval_transform` builds the
+    transform from it, so the record is by construction what evaluation runs; it goes into the
+    exported model's metadata and :func:`eval_transform_code` writes it as code for the card.
+    """
+    size = pre.get("size")
+    if input_kind == "image":
+        size = size or 224
+        resize: Any = int(round(size * 256 / 224))
+        crop = int(size)
+    elif input_kind == "tensor":
+        resize, crop = ([int(size), int(size)] if size else None), None
+    else:
+        raise ValueError(f"input_kind must be 'image' or 'tensor', got {input_kind!r}")
+    return {"input": input_kind, "resize": resize, "crop": crop, "interpolation": "bilinear",
+            "channels": int(pre.get("channels") or (3 if input_kind == "image" else 1)),
+            "mean": list(pre["mean"]) if pre.get("mean") is not None else None,
+            "std": list(pre["std"]) if pre.get("std") is not None else None}
+
+
+def _expand_channels(channels: int):
+    return lambda x: x.expand(channels, *x.shape[-2:]).contiguous()
+
+
+def eval_transform(rec: Mapping[str, Any]):
+    """The ``torchvision.transforms.v2`` pipeline an :func:`eval_record` describes."""
+    v2 = _v2()
+    interp = v2.InterpolationMode(rec.get("interpolation", "bilinear"))
+    image = rec["input"] == "image"
+    ops: list[Any] = [v2.ToImage()] if image else []
+    if rec.get("resize"):
+        ops.append(v2.Resize(rec["resize"], interpolation=interp, antialias=True))
+    if rec.get("crop"):
+        ops.append(v2.CenterCrop(rec["crop"]))
+    if image:
+        ops.append(v2.ToDtype(torch.float32, scale=True))
+    elif rec.get("channels", 1) != 1:
+        ops.append(v2.Lambda(_expand_channels(int(rec["channels"]))))
+    if rec.get("mean") is not None and rec.get("std") is not None:
+        ops.append(v2.Normalize(list(rec["mean"]), list(rec["std"])))
+    return v2.Compose(ops) if ops else None
+
+
+def eval_transform_code(rec: Mapping[str, Any]) -> str:
+    """Python source (torch + torchvision only) that defines ``preprocess`` as
+    :func:`eval_transform` does, for model cards."""
+    image = rec["input"] == "image"
+    lines = ["import torch", "from torchvision.transforms import v2", "", "preprocess = v2.Compose(["]
+    if image:
+        mode = "L" if rec.get("channels") == 1 else "RGB"
+        lines[3:3] = [f"# input: a PIL image converted with .convert({mode!r})"]
+        lines.append("    v2.ToImage(),")
+    else:
+        lines[3:3] = [f"# input: a float tensor (C, H, W) with values in [0, 1]"]
+    if rec.get("resize"):
+        r = rec["resize"]
+        r = list(r) if isinstance(r, (list, tuple)) else int(r)
+        lines.append(f"    v2.Resize({r!r}, interpolation=v2.InterpolationMode."
+                     f"{rec.get('interpolation', 'bilinear').upper()}, antialias=True),")
+    if rec.get("crop"):
+        lines.append(f"    v2.CenterCrop({int(rec['crop'])}),")
+    if image:
+        lines.append("    v2.ToDtype(torch.float32, scale=True),")
+    elif rec.get("channels", 1) != 1:
+        c = int(rec["channels"])
+        lines.append(f"    v2.Lambda(lambda x: x.expand({c}, *x.shape[-2:]).contiguous()),")
+    if rec.get("mean") is not None and rec.get("std") is not None:
+        lines.append(f"    v2.Normalize(mean={[float(v) for v in rec['mean']]}, "
+                     f"std={[float(v) for v in rec['std']]}),")
+    lines.append("])")
+    return "\n".join(lines) + "\n"
+
+
 def image_transforms(pre: Mapping[str, Any], train: bool, augment: bool = True):
     """Natural images (PIL): random-resized crop + flip for training, resize + center crop else."""
     v2 = _v2()
+    if not (train and augment):
+        return eval_transform(eval_record(pre, "image"))
     size = pre["size"] or 224
-    ops: list[Any] = [v2.ToImage()]
-    if train and augment:
-        ops += [v2.RandomResizedCrop(size, antialias=True), v2.RandomHorizontalFlip()]
-    else:
-        ops += [v2.Resize(int(round(size * 256 / 224)), antialias=True), v2.CenterCrop(size)]
-    ops.append(v2.ToDtype(torch.float32, scale=True))
+    ops: list[Any] = [v2.ToImage(), v2.RandomResizedCrop(size, antialias=True), v2.RandomHorizontalFlip(),
+                      v2.ToDtype(torch.float32, scale=True)]
     if pre.get("mean") is not None and pre.get("std") is not None:
         ops.append(v2.Normalize(list(pre["mean"]), list(pre["std"])))
     return v2.Compose(ops)
@@ -62,14 +138,15 @@ def small_image_transforms(pre: Mapping[str, Any], train: bool, augment: bool = 
     No flips: they change the class of characters.
     """
     v2 = _v2()
+    if not (train and augment):
+        return eval_transform(eval_record(pre, "tensor"))
     ops: list[Any] = []
     if pre.get("size"):
         ops.append(v2.Resize((pre["size"], pre["size"]), antialias=True))
-    if train and augment:
-        ops.append(v2.RandomAffine(degrees=degrees, translate=tuple(translate), scale=(0.9, 1.1)))
+    ops.append(v2.RandomAffine(degrees=degrees, translate=tuple(translate), scale=(0.9, 1.1)))
     channels = pre.get("channels", 1)
     if channels != 1:
-        ops.append(v2.Lambda(lambda x: x.expand(channels, *x.shape[-2:]).contiguous()))
+        ops.append(v2.Lambda(_expand_channels(channels)))
     if pre.get("mean") is not None and pre.get("std") is not None:
         ops.append(v2.Normalize(list(pre["mean"]), list(pre["std"])))
-    return v2.Compose(ops) if ops else None
+    return v2.Compose(ops)

@@ -96,9 +96,9 @@ def _save(model: MiniCNN, path: Path) -> str:
 
     state = {k: (v.detach().half() if v.is_floating_point() else v.detach()).contiguous()
              for k, v in model.state_dict().items()}
-    tmp = path.with_suffix(".tmp")
-    save_file(state, str(tmp), metadata={"format": "pt", "dtype": "float16"})
-    tmp.replace(path)
+    from zootune.atomic import atomic_write
+
+    atomic_write(path, lambda tmp: save_file(state, tmp, metadata={"format": "pt", "dtype": "float16"}))
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
@@ -168,9 +168,9 @@ def build(out: Path = WEIGHTS_DIR, seed: int = 0, recipe: dict[str, dict[str, An
                     "threads": torch.get_num_threads()},
         "wall_time_s": round(time.time() - t0, 1),
     }
-    tmp = out / (MANIFEST + ".tmp")
-    tmp.write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
-    tmp.replace(out / MANIFEST)
+    from zootune.atomic import atomic_write_text
+
+    atomic_write_text(out / MANIFEST, json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
     return manifest
 
 

@@ -165,7 +165,11 @@ def target_splits(labels_per_class: int | None = 10, seed: int = 0, *, greek: bo
         classes=classes,
         info={"name": "demo_target", "greek": greek, "labels_per_class": labels_per_class,
               "seed": seed, "train": len(train_idx), "val": len(val_idx), "test": len(test_idx),
-              "resolution": resolution},
+              "resolution": resolution,
+              # what evaluation feeds the model: the (1, resolution, resolution) tensors as they are
+              "eval_preprocessing": {"input": "tensor", "resize": None, "crop": None,
+                                     "interpolation": "bilinear", "channels": 1, "mean": None,
+                                     "std": None}},
     )
 
 

@@ -29,6 +29,11 @@ class MiniCNN(nn.Module):
     ``width`` is the channel count of the first convolutions (then 2x and 4x).
     """
 
+    #: What the model expects (read by :mod:`zootune.zoo` when it builds a MiniCNN): grey-scale
+    #: 16x16 images with values in [0, 1], not normalised (mean 0, std 1 is the identity).
+    zootune_preprocessing = {"input_size": (1, RESOLUTION, RESOLUTION), "resize_size": RESOLUTION,
+                             "mean": (0.0,), "std": (1.0,), "interpolation": "bilinear"}
+
     def __init__(self, num_classes: int, width: int = 32, in_channels: int = 1) -> None:
         super().__init__()
         w = width

@@ -12,7 +12,7 @@ and seed; nothing tuned on test):
 * ``zoo_tuning_lite``: lite Zoo-Tuning (batch-mean gates + temporal ensemble, §3.3);
 * ``exported_lite``: the single plain model exported from the lite model (Eq. 5).
 
-Every model is built by :func:`zootune.train.build_method_model` and trained by
+Every model is built by :func:`zootune.train.build_run` (the method registry) and trained by
 :func:`zootune.train.fit`, the same code ``zootune tune`` runs. :func:`run_demo` returns a
 JSON-ready dict; :func:`write_outputs` writes ``results.json``, ``report.md``, the gate heatmap and
 the exported model.
@@ -60,13 +60,17 @@ def demo_config(method: str, seed: int, recipe: dict[str, Any], source: int = 0)
     """The trainer config of one demo run (a :class:`zootune.config.Config`)."""
     from zootune.config import build_config
 
+    options: dict[str, Any] = {"name": method}
+    if method == "finetune":
+        options["source"] = source
+    elif method in ("zoo_tuning", "zoo_tuning_lite"):
+        options.update(gate=recipe["gate"], gate_init=recipe["gate_init"],
+                       gate_hidden=recipe["gate_hidden"], align=recipe["align"])
     return build_config({
-        "preset": "adam",
+        "recipe": "adam",
         "name": method,
-        "method": method,
-        "source": source,
-        "zoo_tune": {"gate": recipe["gate"], "gate_init": recipe["gate_init"],
-                     "gate_hidden": recipe["gate_hidden"], "align": recipe["align"]},
+        "method": options,
+        "zoo": {"spec": "demo"},
         "data": {"name": "demo_target", "labels_per_class": recipe["labels_per_class"],
                  "val_fraction": 0.2, "test_fraction": 0.2, "seed": seed, "options": {"greek": recipe["greek"]}},
         "optim": {"name": "adam", "lr": recipe["lr"], "head_lr": recipe["head_lr"],
@@ -77,12 +81,6 @@ def demo_config(method: str, seed: int, recipe: dict[str, Any], source: int = 0)
                   "log_every": 25, "checkpoint_every": 0, "seed": seed, "select": "last",
                   "tensorboard": False, "progress": False, "threads": recipe["threads"]},
     })
-
-
-def _fresh(zoo):
-    from zootune.train import Zoo
-
-    return Zoo([copy.deepcopy(m) for m in zoo.models], list(zoo.names), zoo.preprocessing, zoo.info)
 
 
 def _params(model: torch.nn.Module) -> int:
@@ -100,6 +98,8 @@ def routing(model: torch.nn.Module, dataset, groups: dict[str, Callable[[int], b
     """
     from torch.utils.data import DataLoader
 
+    from zootune.data.sample import collate_samples
+
     layers = {n: m for n, m in model.named_modules() if hasattr(m, "gate") and hasattr(m, "te")}
     seen: dict[str, list[torch.Tensor]] = {n: [] for n in layers}
     hooks = [mod.gate.register_forward_hook(lambda _m, _i, out, n=n: seen[n].append(out.detach()))
@@ -107,9 +107,9 @@ def routing(model: torch.nn.Module, dataset, groups: dict[str, Callable[[int], b
     labels = []
     try:
         model.eval()
-        for x, y in DataLoader(dataset, batch_size=batch_size):
-            model(x)
-            labels.append(torch.as_tensor(y))
+        for batch in DataLoader(dataset, batch_size=batch_size, collate_fn=collate_samples):
+            model(batch["image"])
+            labels.append(torch.as_tensor(batch["label"]))
     finally:
         for h in hooks:
             h.remove()
@@ -135,12 +135,12 @@ def run_demo(seed: int = 0, recipe: dict[str, Any] | None = None,
     """
     import zootune.demo.data  # noqa: F401 - registers the demo data sets
     from zootune.data import build_data
-    from zootune.tasks import build_task
-    from zootune.train import build_method_model, evaluate, fit
+    from zootune.train import build_run, evaluate, fit
 
     rec = {**RECIPE, **(recipe or {})}
     t0 = time.time()
-    zoo = load_demo_zoo(zoo_names, **({"weights_dir": weights_dir} if weights_dir else {}))
+    zoo = load_demo_zoo(zoo_names, strip_heads="differing",  # the target replaces every head
+                        **({"weights_dir": weights_dir} if weights_dir else {}))
     cfg0 = demo_config("finetune", seed, rec)
     data = build_data(cfg0.data)
     results: dict[str, Any] = {"methods": {}, "sources": {}, "seed": seed, "recipe": rec,
@@ -154,11 +154,10 @@ def run_demo(seed: int = 0, recipe: dict[str, Any] | None = None,
 
     def train(method: str, source: int = 0) -> tuple[dict[str, Any], Any]:
         cfg = demo_config(method, seed, rec, source)
-        task = build_task(cfg.task, data.num_classes)
-        task.head_seed = seed
-        model = build_method_model(cfg, task, _fresh(zoo))
+        run = build_run(cfg, zoo=zoo, data=data)  # the method copies the zoo's models
+        task = run.task
         t = time.time()
-        res = fit(model, task, data, cfg, out_dir=None, report=False)
+        res = fit(run.model, task, data, cfg, out_dir=None, method=run.method, report=False)
         if res.interrupted:  # Ctrl-C / SIGTERM: stop the demo (the CLI prints "interrupted")
             raise KeyboardInterrupt
         entry = {"accuracy": res.metrics["test"]["accuracy"], "val_accuracy": res.metrics["val"]["accuracy"],
@@ -225,7 +224,9 @@ def _groups(dataset) -> dict[str, Any]:
 def _max_diff(a: torch.nn.Module, b: torch.nn.Module, dataset, n: int = 256) -> float:
     from torch.utils.data import DataLoader
 
-    x, _ = next(iter(DataLoader(dataset, batch_size=n)))
+    from zootune.data.sample import collate_samples
+
+    x = next(iter(DataLoader(dataset, batch_size=n, collate_fn=collate_samples)))["image"]
     a.eval()
     b.eval()
     return float((a(x) - b(x)).abs().max())
@@ -255,13 +256,15 @@ def format_table(results: dict[str, Any]) -> str:
 
 def write_outputs(results: dict[str, Any], out: str | Path) -> dict[str, Path]:
     """``results.json``, ``report.md``, ``gates.png`` and ``exported_lite.safetensors`` in ``out``."""
+    from zootune.atomic import atomic_write_text
+
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     models = results.get("_models", {})
     public = {k: v for k, v in results.items() if not k.startswith("_")}
     paths: dict[str, Path] = {}
     paths["results"] = out / "results.json"
-    paths["results"].write_text(json.dumps(public, indent=2, ensure_ascii=False) + "\n")
+    atomic_write_text(paths["results"], json.dumps(public, indent=2, ensure_ascii=False) + "\n")
     from zootune.viz.gates import plot_gate_heatmap
 
     for method, fname in (("zoo_tuning_lite", "gates_lite.png"), ("zoo_tuning", "gates.png")):
@@ -270,14 +273,12 @@ def write_outputs(results: dict[str, Any], out: str | Path) -> dict[str, Path]:
             paths[fname] = plot_gate_heatmap(gates, out / fname, source_names=results["zoo"],
                                              title=f"{method}: gates per layer and source")
     if "exported_lite" in models:
-        from safetensors.torch import save_file
+        from zootune.export import save
 
-        state = {k: v.detach().contiguous() for k, v in models["exported_lite"].state_dict().items()}
-        paths["model"] = out / "exported_lite.safetensors"
-        save_file(state, str(paths["model"]), metadata={"architecture": "zootune.demo.model:MiniCNN",
-                                                        "num_classes": str(len(_classes(results)))})
-    paths["report"] = out / "report.md"
-    paths["report"].write_text(_report(public, paths))
+        paths["model"] = save(models["exported_lite"], out / "exported_lite.safetensors",
+                              metadata={"architecture": "zootune.demo.model:MiniCNN",
+                                        "num_classes": len(_classes(results))})
+    paths["report"] = atomic_write_text(out / "report.md", _report(public, paths))
     return paths
 
 

@@ -1,8 +1,11 @@
-"""The shipped mini zoo: loading ``weights/*.safetensors`` described by ``weights/zoo.json``.
+"""The shipped mini zoo: ``weights/*.safetensors`` described by ``weights/zoo.json``.
 
+The zoo loads through :func:`zootune.zoo.load_zoo`, like every other zoo: the default members
+are also the zoo preset ``demo`` (``zootune.zoo.load_zoo("demo")``, heads stripped by default).
 Weights are stored in float16 (half the size; the recorded source accuracies were measured after
-that rounding) and loaded as float32. Each member keeps its own source head (its domain's number
-of classes); the target task replaces it (:meth:`zootune.tasks.Task.prepare_zoo`).
+that rounding) and load as float32. Each member keeps its own source head (its domain's number
+of classes) unless the caller strips it; the target task replaces it anyway
+(:meth:`zootune.tasks.Task.prepare_zoo`).
 """
 
 from __future__ import annotations
@@ -11,21 +14,27 @@ import json
 from pathlib import Path
 from typing import Any, Sequence
 
-import torch
+from torch import nn
 
-from zootune.demo.model import MiniCNN
 from zootune.errors import CheckpointError
+from zootune.zoo import Zoo, load, load_zoo
+from zootune.zoo.load import StripHeads
+from zootune.zoo.presets import DEMO_ARCH, DEMO_MEMBERS, DEMO_WEIGHTS_DIR
 
-__all__ = ["WEIGHTS_DIR", "MANIFEST", "read_manifest", "load_member", "load_demo_zoo",
-           "DEFAULT_ZOO"]
+__all__ = ["WEIGHTS_DIR", "MANIFEST", "read_manifest", "member_spec", "load_member",
+           "load_demo_zoo", "DEFAULT_ZOO"]
 
-WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+WEIGHTS_DIR = DEMO_WEIGHTS_DIR
 MANIFEST = "zoo.json"
-#: The zoo the demo uses by default: the broad base model and its four fine-tuned specialists.
-DEFAULT_ZOO = ("base", "latin", "greek", "cyrillic", "numerals")
+#: The zoo the demo uses by default: the broad base model and its four fine-tuned specialists
+#: (the members of the ``demo`` zoo preset).
+DEFAULT_ZOO = DEMO_MEMBERS
+#: Manifest fields copied into ``Zoo.info["members"][name]``.
+INFO_FIELDS = ("domain", "init", "source_accuracy")
 
 
 def read_manifest(weights_dir: str | Path = WEIGHTS_DIR) -> dict[str, Any]:
+    """The parsed ``zoo.json`` of ``weights_dir`` (recipe, members, source accuracies)."""
     path = Path(weights_dir) / MANIFEST
     if not path.is_file():
         raise CheckpointError(
@@ -34,34 +43,45 @@ def read_manifest(weights_dir: str | Path = WEIGHTS_DIR) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
-def load_member(entry: dict[str, Any], weights_dir: str | Path = WEIGHTS_DIR) -> MiniCNN:
-    """One zoo member (with its source head), float32, eval mode."""
-    from safetensors.torch import load_file
-
+def member_spec(entry: dict[str, Any], weights_dir: str | Path = WEIGHTS_DIR,
+                arch: str = DEMO_ARCH) -> dict[str, Any]:
+    """The zoo spec (mapping form) of one manifest entry: its file loaded into ``arch``."""
     path = Path(weights_dir) / entry["file"]
     if not path.is_file():
         raise CheckpointError(f"demo zoo member {entry['name']!r}: {path} not found")
-    state = {k: (v.float() if v.is_floating_point() else v) for k, v in load_file(str(path)).items()}
-    model = MiniCNN(int(entry["num_classes"]), width=int(entry.get("width", 32)))
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as exc:
-        raise CheckpointError(f"demo zoo member {entry['name']!r} does not fit MiniCNN: "
-                              f"{str(exc).splitlines()[0]}") from None
-    return model.eval()
+    return {"spec": f"file:{path}", "arch": arch, "name": entry["name"],
+            "kwargs": {"width": int(entry.get("width", 32))}}
 
 
-def load_demo_zoo(names: Sequence[str] | None = DEFAULT_ZOO, weights_dir: str | Path = WEIGHTS_DIR):
-    """The mini zoo as a :class:`zootune.train.Zoo` (``names=None``: every shipped member)."""
-    from zootune.train import Zoo
+def load_member(entry: dict[str, Any], weights_dir: str | Path = WEIGHTS_DIR) -> nn.Module:
+    """One zoo member (a MiniCNN with its source head), float32, eval mode."""
+    return load(member_spec(entry, weights_dir)).eval()
 
+
+def load_demo_zoo(
+    names: Sequence[str] | None = DEFAULT_ZOO,
+    weights_dir: str | Path = WEIGHTS_DIR,
+    *,
+    strip_heads: StripHeads = False,
+    **load_kwargs: Any,
+) -> Zoo:
+    """The mini zoo of ``weights_dir`` as a :class:`zootune.zoo.Zoo` (``names=None``: every
+    member of its manifest).
+
+    Goes through :func:`zootune.zoo.load_zoo` (``load_kwargs``: its other options). Heads are
+    kept unless ``strip_heads`` says otherwise: the caller decides. ``info["members"][name]``
+    carries the manifest's ``domain``, ``init`` and ``source_accuracy``.
+    """
     manifest = read_manifest(weights_dir)
     members = {m["name"]: m for m in manifest["members"]}
     names = list(members) if names is None else list(names)
     missing = [n for n in names if n not in members]
     if missing:
         raise CheckpointError(f"demo zoo has no member(s) {missing}; shipped: {', '.join(members)}")
-    models = [load_member(members[n], weights_dir) for n in names]
-    info = {"members": {n: {k: members[n][k] for k in ("domain", "init", "source_accuracy")
-                            if k in members[n]} for n in names}}
-    return Zoo(models, names, {"input_size": (1, manifest["resolution"], manifest["resolution"])}, info)
+    arch = manifest.get("architecture", DEMO_ARCH)
+    specs = [member_spec(members[n], weights_dir, arch) for n in names]
+    zoo = load_zoo(specs, strip_heads=strip_heads, **load_kwargs)
+    zoo.info["members"] = {n: {k: members[n][k] for k in INFO_FIELDS if k in members[n]}
+                           for n in names}
+    zoo.info["weights_dir"] = str(Path(weights_dir))
+    return zoo

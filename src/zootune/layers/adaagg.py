@@ -12,6 +12,15 @@ runs one ordinary convolution with one merged kernel; the batch means feed the t
 ``abar`` (Eq. 4, temporal_ensemble.py). In eval the kernel is ``sum_i abar_i T_i W_i`` (Eq. 5),
 computed once and cached, and the gate network is not evaluated at all.
 
+Gate statistics (the temporal ensemble in lite mode, the running mean of observed gates in
+per-sample mode) are updated by training-mode forwards only while the plain attribute
+``track_gates`` is ``True`` (the default, like BatchNorm's ``track_running_stats``: a plain
+training loop keeps them). Turning it off freezes the statistics — for forwards that are not
+training steps (a gradient probe, a feature pass in train mode, a second forward of one step)
+— while the layer computes exactly the same outputs and gradients: lite training always
+uses the differentiable batch-mean gate. ``ZooModel.track_gates`` sets it on every layer. The
+flag is not part of the state dict.
+
 Caching: when autograd is off (``torch.no_grad`` / ``torch.inference_mode``) the aligned source
 weights (per-sample mode) or the merged kernel (lite eval) are computed once and reused until a
 parameter or the temporal ensemble changes (tracked by tensor version counters). Alignment is
@@ -36,7 +45,13 @@ from .temporal_ensemble import TemporalEnsemble, global_batch_mean
 
 
 class AdaAggBase(nn.Module):
-    """What AdaAgg convolutions and linear layers share: sources, alignment, gate, ensemble."""
+    """What AdaAgg convolutions and linear layers share: sources, alignment, gate, ensemble.
+
+    ``track_gates`` (bool, default ``True``): whether training-mode forwards update the gate
+    statistics (``te``). A class attribute too, so layers pickled before it existed have it.
+    """
+
+    track_gates: bool = True
 
     def __init__(
         self,
@@ -70,6 +85,7 @@ class AdaAggBase(nn.Module):
         self.align = ChannelAlign(m, out_channels) if align else None
         self.gate = Gate(gate_in_features, m, gate_hidden, gate, gate_init)
         self.te = TemporalEnsemble(m, te_momentum)
+        self.track_gates = True
         self.to(device=weight.device, dtype=weight.dtype)
         # The original layer with its tensors on the meta device: the class and hyper-parameters
         # that export rebuilds (not a registered child, so not in state_dict / parameters).
@@ -138,13 +154,16 @@ class AdaAggBase(nn.Module):
         return self.gate(pooled.to(self.gate.fc1.weight.dtype))
 
     def _lite_train_gates(self, a: torch.Tensor) -> torch.Tensor:
-        """Batch-mean gate (differentiable, global under DDP), recorded in the ensemble."""
+        """Batch-mean gate (differentiable, global under DDP), recorded in the ensemble while
+        ``track_gates`` is on."""
         mean = global_batch_mean(a, differentiable=True)
-        self.te.update(mean)
+        if self.track_gates:
+            self.te.update(mean)
         return mean
 
     def _observe(self, a: torch.Tensor) -> None:
-        if self.training:
+        """Per-sample mode: feed the running mean of observed gates (training, tracking on)."""
+        if self.training and self.track_gates:
             self.te.update(global_batch_mean(a.detach(), differentiable=False))
 
     # ---- export -----------------------------------------------------------------------------
@@ -165,6 +184,7 @@ class AdaAggBase(nn.Module):
         return (
             f"num_sources={self.num_sources}, weight={tuple(self.weight.shape[1:])}, "
             f"bias={self.bias is not None}, align={self.align is not None}, lite={self.lite}"
+            + ("" if self.track_gates else ", track_gates=False")
         )
 
 

@@ -1,4 +1,7 @@
-"""Small reference architectures for tests, examples and quick experiments (no weights)."""
+"""Small reference architectures for tests, examples and quick experiments (no weights).
+
+Plain ``nn.Module`` builders (torch only); must never import any other zootune package.
+"""
 
 from zootune.models.small import SmallCNN, small_cnn
 

@@ -16,7 +16,8 @@ float, larger = better expected transfer:
 
 :mod:`zootune.select.features` extracts what the scores need from a zoo (with a disk cache),
 :func:`score_features` runs every applicable score, and :mod:`zootune.select.ranking`
-measures a ranking against fine-tuned accuracies.
+measures a ranking against fine-tuned accuracies. The scores must never import
+:mod:`zootune.train`, :mod:`zootune.methods` or :mod:`zootune.commands`.
 """
 
 from ._inputs import ScoreInputError

@@ -70,14 +70,13 @@ class Extracted:
         if self.gradients is not None:
             arrays["gradients"] = self.gradients
         meta = json.dumps({"seconds": self.seconds, "notes": self.notes})
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp.npz")
-        os.close(fd)
-        try:
-            np.savez(tmp, meta=np.array(meta), **arrays)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        from zootune.atomic import atomic_write
+
+        def write(tmp: str) -> None:
+            with open(tmp, "wb") as f:  # a file object: np.savez would append ".npz" to a name
+                np.savez(f, meta=np.array(meta), **arrays)
+
+        atomic_write(path, write)
 
     @classmethod
     def load(cls, path: str | Path) -> "Extracted":
@@ -105,7 +104,9 @@ def dataset_labels(data: Data) -> np.ndarray:
     for attr in ("targets", "labels", "y"):
         if hasattr(data, attr):
             return _labels_array(getattr(data, attr))
-    return np.asarray([_label_value(data[i][1]) for i in range(len(data))])
+    from zootune.data.sample import LABEL, as_sample
+
+    return np.asarray([_label_value(as_sample(data[i])[LABEL]) for i in range(len(data))])
 
 
 def _labels_array(y: Any) -> np.ndarray:
@@ -136,13 +137,15 @@ def cap_per_class(labels: np.ndarray, max_per_class: int | None, *, seed: int = 
 
 
 def _batches(data: Data, indices: np.ndarray, batch_size: int, transform: Callable | None):
+    from zootune.data.sample import IMAGE, as_sample
+
     pair = isinstance(data, (tuple, list)) and len(data) == 2
     for start in range(0, len(indices), batch_size):
         chunk = indices[start : start + batch_size]
         if pair:
             xs = [data[0][int(i)] for i in chunk]
         else:
-            xs = [data[int(i)][0] for i in chunk]
+            xs = [as_sample(data[int(i)])[IMAGE] for i in chunk]
         if transform is not None:
             xs = [transform(x) for x in xs]
         yield torch.stack([torch.as_tensor(np.asarray(x)) if not isinstance(x, torch.Tensor) else x for x in xs])
@@ -184,8 +187,11 @@ def data_fingerprint(data: Data, indices: np.ndarray) -> str:
             st = os.stat(path)
             h.update(f"{path}|{label}|{st.st_size}|{st.st_mtime_ns}".encode())
         return h.hexdigest()
+    from zootune.data.sample import IMAGE, LABEL, as_sample
+
     for i in indices:
-        x, y = data[int(i)][:2]
+        sample = as_sample(data[int(i)])
+        x, y = sample[IMAGE], sample.get(LABEL)
         h.update(_bytes_of(x))
         h.update(str(_label_value(y)).encode())
     return h.hexdigest()

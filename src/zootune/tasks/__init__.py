@@ -1,23 +1,13 @@
-"""Tasks: head, loss and metrics of a learning problem, plugged into the shared trainer."""
+"""Tasks: head, sample fields, loss, metrics and summary line of a learning problem, as
+registered plug-ins.
 
-from __future__ import annotations
+Owns the :class:`Task` interface, its registry (:func:`register`, :func:`available`,
+:func:`get`, :func:`build_task`) and the built-in ``classification`` task. A task must never
+import :mod:`zootune.train`, :mod:`zootune.methods` or :mod:`zootune.commands`.
+"""
 
-from typing import Any
+from zootune.tasks.base import Task, TaskError, TaskOptions, available, build_task, get, register
+from zootune.tasks.classification import ClassificationTask, HeadError, attach_head, find_classifier
 
-from zootune.tasks.base import Task
-from zootune.tasks.classification import ClassificationTask, attach_head, find_classifier
-
-
-def build_task(cfg_task: Any, num_classes: int | None = None) -> Task:
-    """The task named by ``cfg.task.name`` (``num_classes`` from the data when not configured)."""
-    if cfg_task.name == "classification":
-        n = cfg_task.num_classes or num_classes
-        if n is None:
-            from zootune.config import ConfigError
-
-            raise ConfigError("task.num_classes is not set and the data set does not tell it")
-        return ClassificationTask(n, head=cfg_task.head, label_smoothing=cfg_task.label_smoothing)
-    raise ValueError(f"unknown task {cfg_task.name!r}")  # schema already restricts names
-
-
-__all__ = ["Task", "ClassificationTask", "attach_head", "find_classifier", "build_task"]
+__all__ = ["ClassificationTask", "HeadError", "Task", "TaskError", "TaskOptions", "attach_head",
+           "available", "build_task", "find_classifier", "get", "register"]

@@ -1,67 +1,169 @@
-"""The task interface: what the shared trainer needs to know about a learning problem.
+"""The task interface and its registry: what the shared trainer needs to know about a problem.
 
-A task owns the *head* (how source models are adapted to the target outputs), the *loss*, and
-the *metrics*. The trainer owns everything else (optimiser, schedule, AMP, DDP, checkpoints,
-logging), so classification, facial landmarks and reinforcement learning share one loop.
+A task owns the *head* (how source models are adapted to the target outputs), the sample
+*fields* it reads, the *loss*, the *metrics* and how they read in one line. The trainer owns
+everything else (optimiser, schedule, AMP, DDP, checkpoints, logging), so classification, facial
+landmarks and the rest share one loop.
 
-Metrics are accumulated as **sums** per batch (``batch_metrics``) and turned into means by
-``summarize``: sums add up exactly across batches and across DDP ranks (one all-reduce).
+Metrics are accumulated on the model's device, per batch, and reduced once per log interval or
+evaluation: each metric of :meth:`Task.batch_metrics` is either a **sum** (added across batches
+and DDP ranks: ``loss_sum``, ``correct``, ``count``) or, when named in ``metric_reductions`` with
+``"cat"``, a **vector** of per-sample values concatenated across batches and ranks (what a
+failure rate or an AUC needs). :meth:`Task.summarize` turns the totals into the reported numbers.
+
+Register a task with :func:`register`; ``task: {name: NAME, ...options}`` in a config selects it.
 """
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Callable, ClassVar, Mapping, Sequence, TypeVar
 
 import torch
 from torch import nn
 
+from zootune.config import PluginOptions
+from zootune.errors import ZootuneError
+
+
+class TaskError(ZootuneError, ValueError):
+    """A task cannot be set up as configured (e.g. it cannot tell its number of outputs)."""
+
+
+class TaskOptions(PluginOptions):
+    """Base of every task's options (``name`` is the registered name)."""
+
 
 class Task:
-    """Base class of tasks. Subclasses override ``loss``, ``batch_metrics`` and ``summarize``."""
+    """Base class of tasks. Subclasses set ``Options`` and override ``loss`` and the metrics."""
 
-    #: short name used in logs and reports
-    name: str = "task"
+    #: the registered name (set by :func:`register`)
+    name: ClassVar[str] = "task"
+    Options: ClassVar[type[TaskOptions]] = TaskOptions
     #: the metric used to select checkpoints on validation
-    primary_metric: str = "loss"
-    higher_is_better: bool = False
-    #: module name (in the source architecture) of the task head; its parameters get
-    #: ``optim.head_lr``. Set by :meth:`prepare_zoo`.
-    head_name: str | None = None
+    primary_metric: ClassVar[str] = "loss"
+    higher_is_better: ClassVar[bool] = False
+    #: the sample field the model reads
+    input_field: ClassVar[str] = "image"
+    #: ``{metric: "cat"}`` for per-sample vectors; every other metric is a sum
+    metric_reductions: ClassVar[dict[str, str]] = {}
+    #: metrics shown as percentages
+    percent_metrics: ClassVar[frozenset[str]] = frozenset()
 
-    def prepare_zoo(self, models: Sequence[nn.Module]) -> list[nn.Module]:
+    def __init__(self, options: TaskOptions | None = None) -> None:
+        self.options = options if options is not None else self.Options(name=self.name)
+        #: module name (in the source architecture) of the task head; its parameters get
+        #: ``optim.head_lr``. Set by :meth:`prepare_zoo`.
+        self.head_name: str | None = None
+        #: seed of new head weights (the trainer sets ``train.seed``)
+        self.seed: int | None = 0
+
+    # ---- set-up -----------------------------------------------------------------------------
+
+    def bind(self, data: Any) -> None:
+        """Learn what the task needs from the data set (e.g. the classes). Default: nothing."""
+
+    def prepare_zoo(self, models: Sequence[nn.Module], keep_source_heads: bool = False) -> list[nn.Module]:
         """Adapt the source models to the target outputs (e.g. a fresh shared head)."""
         return list(models)
+
+    @property
+    def replaces_heads(self) -> bool:
+        """Whether :meth:`prepare_zoo` puts a new head on every model (so the zoo's own heads
+        may be stripped when they differ)."""
+        return False
 
     def exclude_patterns(self) -> list[str]:
         """Module-name patterns that ``zoo_tune`` must not aggregate (the new head)."""
         return [self.head_name] if self.head_name else []
 
-    def to_device(self, batch: Any, device: torch.device) -> Any:
-        if isinstance(batch, torch.Tensor):
-            return batch.to(device, non_blocking=True)
-        if isinstance(batch, (list, tuple)):
-            return type(batch)(self.to_device(b, device) for b in batch)
-        if isinstance(batch, dict):
-            return {k: self.to_device(v, device) for k, v in batch.items()}
-        return batch
+    # ---- batches ----------------------------------------------------------------------------
 
-    def batch_size(self, batch: Any) -> int:
-        return int(batch[0].shape[0])
+    def batch_size(self, batch: Mapping[str, Any]) -> int:
+        return int(batch[self.input_field].shape[0])
 
-    def forward(self, model: nn.Module, batch: Any) -> Any:
-        """Model outputs for a batch (default: ``model(batch[0])``)."""
-        return model(batch[0])
+    def forward(self, model: nn.Module, batch: Mapping[str, Any]) -> Any:
+        """Model outputs for a batch (default: ``model(batch[input_field])``)."""
+        return model(batch[self.input_field])
 
-    def loss(self, outputs: Any, batch: Any) -> torch.Tensor:  # pragma: no cover - abstract
+    def loss(self, outputs: Any, batch: Mapping[str, Any]) -> torch.Tensor:  # pragma: no cover
         raise NotImplementedError
 
-    def batch_metrics(self, outputs: Any, batch: Any) -> dict[str, torch.Tensor]:
-        """Per-batch **sums**, e.g. ``{"loss_sum": ..., "correct": ..., "count": ...}``."""
-        n = self.batch_size(batch)
-        return {"loss_sum": self.loss(outputs, batch).detach().float() * n,
-                "count": torch.tensor(float(n))}
+    # ---- metrics ----------------------------------------------------------------------------
 
-    def summarize(self, sums: dict[str, float]) -> dict[str, float]:
-        """Means from accumulated sums."""
-        n = max(sums.get("count", 0.0), 1.0)
-        return {"loss": sums.get("loss_sum", 0.0) / n}
+    def batch_metrics(self, outputs: Any, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+        """Per-batch totals on the outputs' device, e.g. ``{"loss_sum", "count"}``."""
+        n = self.batch_size(batch)
+        loss = self.loss(outputs, batch).detach().float()
+        return {"loss_sum": loss * n, "count": torch.full((), float(n), device=loss.device)}
+
+    def summarize(self, totals: Mapping[str, Any]) -> dict[str, float]:
+        """Reported metrics from accumulated totals (floats for sums, tensors for vectors)."""
+        n = max(float(totals.get("count", 0.0)), 1.0)
+        return {"loss": float(totals.get("loss_sum", 0.0)) / n}
+
+    def format_metric(self, key: str, value: float) -> str:
+        return f"{100 * value:.2f}%" if key in self.percent_metrics else f"{value:.4g}"
+
+    def summary_line(self, metrics: Mapping[str, float]) -> str:
+        """The metrics in one line, primary metric first (progress bar, report, eval, export)."""
+        keys = [k for k in (self.primary_metric, "loss") if k in metrics]
+        keys += [k for k in metrics if k not in keys]
+        return ", ".join(f"{k} {self.format_metric(k, float(metrics[k]))}" for k in keys
+                         if isinstance(metrics[k], (int, float)))
+
+    def describe(self) -> dict[str, Any]:
+        """Facts about the target for reports and model cards (JSON-able)."""
+        return {"task": self.name}
+
+    def restore(self, record: Mapping[str, Any]) -> None:
+        """Bind from a :meth:`describe` record instead of data (rebuilding a trained model)."""
+
+    def check_compatible(self, recorded: Mapping[str, Any]) -> None:
+        """Raise if data described by :meth:`describe` (``recorded``, e.g. of a trained run)
+        cannot be evaluated by this task as bound. Default: anything goes."""
+
+
+# ---- registry -------------------------------------------------------------------------------
+
+_REGISTRY: dict[str, type[Task]] = {}
+
+T = TypeVar("T", bound=type[Task])
+
+
+def register(name: str) -> Callable[[T], T]:
+    """Class decorator: make ``task: NAME`` in a config build this task."""
+
+    def deco(cls: T) -> T:
+        if not (isinstance(cls, type) and issubclass(cls, Task)):
+            raise TypeError(f"@register({name!r}) expects a Task subclass, got {cls!r}")
+        if "Options" not in cls.__dict__:
+            from pydantic import create_model
+
+            cls.Options = create_model(f"{cls.__name__}Options", __base__=cls.Options)
+        cls.name = name
+        cls.Options.plugin_name = name  # type: ignore[attr-defined]
+        _REGISTRY[name] = cls
+        return cls
+
+    return deco
+
+
+def available() -> list[str]:
+    """Names of the registered tasks (what ``task:`` in a config may say)."""
+    return sorted(_REGISTRY)
+
+
+def get(name: str) -> type[Task]:
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise TaskError(f"unknown task {name!r}; valid tasks: {', '.join(available())}") from None
+
+
+def build_task(options: TaskOptions, data: Any = None, seed: int | None = 0) -> Task:
+    """The task for validated ``options`` (``cfg.task``), bound to ``data`` when given."""
+    task = get(options.name)(options)
+    task.seed = seed
+    if data is not None:
+        task.bind(data)
+    return task

@@ -12,14 +12,16 @@ sources, so the zoo average *is* that head, and ``ZooModel.export()`` returns on
 from __future__ import annotations
 
 import copy
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from zootune.errors import ZootuneError
-from zootune.tasks.base import Task
+from pydantic import Field
+
+from zootune.tasks.base import Task, TaskError, TaskOptions, register
 
 _HEAD_ATTRS = ("fc", "classifier", "heads", "head", "last_linear")
 
@@ -162,39 +164,99 @@ def attach_head(models: Sequence[nn.Module], num_classes: int, head: str | None 
     return list(models), name
 
 
+@register("classification")
 class ClassificationTask(Task):
-    """Cross-entropy on logits; metrics: loss and top-1 accuracy."""
+    """Cross-entropy on logits; metrics: loss and top-1 accuracy.
 
-    name = "classification"
+    Sample fields: ``image`` (the input) and ``label`` (an integer class).
+    """
+
+    class Options(TaskOptions):
+        #: number of classes (default: the data set's)
+        num_classes: int | None = Field(default=None, ge=1)
+        #: module name of the source classifier to replace (found automatically if None)
+        head: str | None = None
+        label_smoothing: float = Field(default=0.0, ge=0.0, lt=1.0)
+
     primary_metric = "accuracy"
     higher_is_better = True
+    percent_metrics = frozenset({"accuracy"})
+    label_field = "label"
 
-    def __init__(self, num_classes: int, head: str | None = None, label_smoothing: float = 0.0,
-                 head_seed: int | None = 0) -> None:
-        self.num_classes = int(num_classes)
-        self.head = head
-        self.label_smoothing = float(label_smoothing)
-        self.head_seed = head_seed
-        self.head_name = None
+    def __init__(self, options: TaskOptions | None = None) -> None:
+        super().__init__(options)
+        self.classes: list[str] | None = None
         #: a batch of inputs, needed only when the source heads were stripped to nn.Identity
         self.example_input: torch.Tensor | None = None
 
-    def prepare_zoo(self, models: Sequence[nn.Module]) -> list[nn.Module]:
-        models, self.head_name = attach_head(models, self.num_classes, self.head, self.head_seed,
+    @property
+    def num_classes(self) -> int:
+        n = self.options.num_classes
+        if n is None:
+            raise TaskError("task.num_classes is not set and no data set told it")
+        return int(n)
+
+    @property
+    def replaces_heads(self) -> bool:
+        return True
+
+    def bind(self, data: Any) -> None:
+        """Number and names of classes from the data (``task.num_classes`` wins when set; it is
+        recorded in the options, hence in the run's config.yaml); an example input batch."""
+        from zootune.data.sample import as_sample
+
+        classes = list(getattr(data, "classes", None) or [])
+        if self.options.num_classes is None:
+            if not classes:
+                raise TaskError("task.num_classes is not set and the data set does not tell it")
+            self.options.num_classes = len(classes)
+        self.classes = classes or [str(i) for i in range(self.num_classes)]
+        train = getattr(data, "train", None)
+        if train is not None and len(train):
+            x = torch.as_tensor(as_sample(train[0])[self.input_field])
+            self.example_input = x.unsqueeze(0).repeat(2, *([1] * x.dim()))
+
+    def prepare_zoo(self, models: Sequence[nn.Module], keep_source_heads: bool = False) -> list[nn.Module]:
+        if keep_source_heads:
+            raise TaskError("classification replaces the source heads; this method needs them kept")
+        models, self.head_name = attach_head(models, self.num_classes, self.options.head, self.seed,
                                              example=self.example_input)
         return models
 
-    def loss(self, outputs: torch.Tensor, batch: Any) -> torch.Tensor:
-        return F.cross_entropy(outputs.float(), batch[1], label_smoothing=self.label_smoothing)
+    def loss(self, outputs: torch.Tensor, batch: Mapping[str, Any]) -> torch.Tensor:
+        return F.cross_entropy(outputs.float(), batch[self.label_field],
+                               label_smoothing=self.options.label_smoothing)
 
-    def batch_metrics(self, outputs: torch.Tensor, batch: Any) -> dict[str, torch.Tensor]:
-        y = batch[1]
-        n = y.shape[0]
+    def batch_metrics(self, outputs: torch.Tensor, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+        y = batch[self.label_field]
         loss = F.cross_entropy(outputs.float(), y, reduction="sum")
         correct = (outputs.argmax(dim=1) == y).sum()
         return {"loss_sum": loss.detach().float(), "correct": correct.float(),
-                "count": torch.tensor(float(n), device=y.device)}
+                "count": torch.full((), float(y.shape[0]), device=y.device)}
 
-    def summarize(self, sums: dict[str, float]) -> dict[str, float]:
-        n = max(sums.get("count", 0.0), 1.0)
-        return {"loss": sums.get("loss_sum", 0.0) / n, "accuracy": sums.get("correct", 0.0) / n}
+    def summarize(self, totals: Mapping[str, Any]) -> dict[str, float]:
+        n = max(float(totals.get("count", 0.0)), 1.0)
+        return {"loss": float(totals.get("loss_sum", 0.0)) / n,
+                "accuracy": float(totals.get("correct", 0.0)) / n}
+
+    def describe(self) -> dict[str, Any]:
+        shape = list(self.example_input.shape[1:]) if self.example_input is not None else None
+        return {"task": self.name, "num_classes": self.options.num_classes,
+                "classes": list(self.classes or []), "input_shape": shape}
+
+    def restore(self, record: Mapping[str, Any]) -> None:
+        if self.options.num_classes is None and record.get("num_classes"):
+            self.options.num_classes = int(record["num_classes"])
+        self.classes = list(record.get("classes") or []) or None
+        if record.get("input_shape"):
+            self.example_input = torch.zeros(2, *record["input_shape"])
+
+    def check_compatible(self, recorded: Mapping[str, Any]) -> None:
+        """Data to evaluate must have the classes the model was trained on."""
+        trained = recorded.get("classes")
+        if trained and self.classes and list(trained) != list(self.classes):
+            raise TaskError(f"the data's classes {list(self.classes)[:10]} differ from the classes "
+                            f"the model was trained on {list(trained)[:10]}")
+        n = recorded.get("num_classes")
+        if n is not None and self.classes and len(self.classes) != int(n):
+            raise TaskError(f"the data has {len(self.classes)} classes but the model predicts {n}")

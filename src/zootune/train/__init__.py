@@ -1,52 +1,63 @@
-"""The trainer as a library: one loop for every supervised task and every model.
+"""The trainer as a library: public training parts and the supervised loop built from them.
 
-Python API (stable; the CLI ``zootune tune`` is a thin layer over it)::
+Owns the loop machinery: train state and checkpoints, the optimizer step (AMP, clipping,
+divergence check), interrupt handling, logging, metric accumulation, DDP plumbing, and the
+config -> zoo -> task -> method -> model assembly. It knows no method or task by name (the
+registries in :mod:`zootune.methods` and :mod:`zootune.tasks` do) and must never import
+:mod:`zootune.commands`.
 
-    from zootune.config import load_config, build_config
-    from zootune.train import build_run, fit, evaluate
+Python API (the CLI ``zootune tune`` is a thin layer over it)::
 
-    cfg = build_config({"preset": "adam", "method": "zoo_tuning_lite",
-                        "zoo": {...}, "data": {"name": "digits", "labels_per_class": 10},
-                        "train": {"steps": 400, "batch_size": 32}})   # or load_config("x.yaml", ["optim.lr=1e-3"])
-    run = build_run(cfg)                     # zoo -> task head -> method model; data splits
-    res = fit(run.model, run.task, run.data, cfg, out_dir="runs/x", run_info=run.info())
-    res.metrics["test"]["accuracy"]; res.model  # trained model (ZooModel or plain), eval mode
-    evaluate(res.model, run.task, run.data.test, batch_size=256)   # {"loss", "accuracy"}
+    from zootune.config import build_config, load_config
+    from zootune.train import build_run, fit, evaluate, run_config
 
-Pieces usable on their own:
+    cfg = build_config({"recipe": "adam", "method": {"name": "zoo_tuning", "lite": True},
+                        "zoo": {"spec": "demo"}, "data": {"name": "demo_target"},
+                        "train": {"steps": 300, "batch_size": 32}})   # or load_config("x.yaml")
+    res = run_config(cfg, "runs/x")          # every stage of the method, report, model file
+    res.metrics["test"]["accuracy"]; res.model
 
-* ``fit(model, task, data, cfg, out_dir=None, *, resume=False, run_info=None, report=True,
-  on_log=None) -> FitResult`` — ``model``: any ``nn.Module`` or ``zootune.ZooModel`` already
-  carrying the task head (``task.prepare_zoo(models)`` adds one; ``task.head_name`` names it);
-  ``task``: :class:`zootune.tasks.Task`; ``data``: :class:`zootune.data.DataSplits`; ``cfg``:
-  :class:`zootune.config.Config` (its ``optim``, ``schedule``, ``train``, ``data.num_workers``
-  are used). ``out_dir=None`` writes nothing (fast repeated runs); with a folder it writes
-  ``config.yaml``, ``metrics.jsonl``, ``tb/``, ``checkpoints/``, ``model.safetensors``,
-  ``result.json``, ``report.md`` + PNGs.
-* ``FitResult``: ``model``, ``metrics`` (``{"val": {...}, "test": {...}}``), ``steps``,
-  ``wall_time_s``, ``history`` (logged events), ``best_step``, ``best_val``, ``interrupted``,
-  ``out_dir``, ``checkpoint``.
-* ``evaluate(model, task, dataset, *, batch_size=256, device=None) -> dict[str, float]``.
-* ``build_run(cfg) -> Run(cfg, model, task, data, zoo)``; ``build_method_model(cfg, task, zoo)``
-  applies ``cfg.method`` (zoo_tuning, zoo_tuning_lite, finetune, average_aggregation) to a
-  :class:`Zoo` (``Zoo(models, names, preprocessing)``) you built yourself.
-* ``zootune.train.restore.load_run(run_dir, weights="final"|"best"|"latest",
-  data_overrides=[...]) -> (Run, weights_path)`` rebuilds a run's trained model from its
-  folder without reading the source checkpoints again (what ``zootune eval``/``export`` use).
-* Errors a user can fix are :class:`zootune.errors.ZootuneError` subclasses (``ConfigError``,
-  ``DataError``, ``CheckpointError``, ``TrainingError`` for a diverged loss): one line in the CLI.
+    run = build_run(cfg)                     # or step by step: zoo -> data -> task -> model
+    res = fit(run.model, run.task, run.data, cfg, "runs/x", method=run.method,
+              run_info=run.info(), record=run.record())
+    evaluate(res.model, run.task, run.data.test)                      # {"loss", "accuracy"}
+    zootune.load("runs/x")                   # the trained model again, from its folder
 
-Reproducibility: ``build_method_model`` seeds the global RNG with ``train.seed`` before creating
-new modules; ``fit`` reseeds, uses deterministic algorithms (``train.deterministic``), a fixed
-per-sample kernel instead of ``kernel: auto`` timing, and batches that are a pure function of
-``(seed, step)`` — so reruns, resumed runs and DDP runs (same global batch) agree.
+Parts for loops of your own (an RL agent loop, say)::
 
-Selection on validation only: ``train.select: best`` restores the best-on-val weights before the
-test evaluation; ``last`` (default) keeps the final weights.
+    from zootune.train import (TrainState, OptimizerStep, InterruptHandler, RunLogger,
+                               MetricAccumulator, gate_tracking)
+
+    state = TrainState(model=net, optimizer=opt, extras={"env_steps": 0})
+    if (latest := TrainState.latest("run/checkpoints")) is not None:
+        state.load(latest)                   # weights, optimizer, RNG, step, extras
+    step_fn = OptimizerStep(opt, grad_clip=10.0)
+    logger = RunLogger("run", resume_step=state.step or None)
+    with InterruptHandler() as stop:
+        while state.step < total and not stop.requested:
+            with gate_tracking(net, False):  # acting: no gate statistics
+                action = act(net, obs)
+            loss = td_loss(net, batch)       # a training forward: statistics on by default
+            step_fn(loss); state.step += 1
+            if state.step % 1000 == 0:
+                step_fn.check(); state.save("run/checkpoints")
+                logger.log(state.step, "train", {"loss": float(loss)})
+
+Errors a user can fix are :class:`zootune.errors.ZootuneError` subclasses (``ConfigError``,
+``DataError``, ``CheckpointError``, ``TrainingError`` for a diverged loss): one line in the CLI.
 """
 
-from zootune.train.build import Run, Zoo, build_method_model, build_run, load_zoo_from_config
-from zootune.train.loop import FitResult, evaluate, fit
+from zootune.train.build import Run, build_run, build_structure, load_run_zoo, zoo_specs
+from zootune.train.interrupt import InterruptHandler
+from zootune.train.logger import RunLogger
+from zootune.train.loop import FitResult, deterministic, evaluate, fit, gate_tracking, to_device, unwrap
+from zootune.train.metrics import MetricAccumulator
+from zootune.train.runner import run_config
+from zootune.train.state import TrainState, rng_state, set_rng_state
+from zootune.train.step import OptimizerStep, TrainingError, amp_dtype, autocast, resolve_device
 
-__all__ = ["FitResult", "Run", "Zoo", "build_method_model", "build_run", "evaluate", "fit",
-           "load_zoo_from_config"]
+__all__ = ["FitResult", "InterruptHandler", "MetricAccumulator", "OptimizerStep", "Run",
+           "RunLogger", "TrainState", "TrainingError", "amp_dtype", "autocast", "build_run",
+           "build_structure", "deterministic", "evaluate", "fit", "gate_tracking", "load_run_zoo",
+           "resolve_device", "rng_state", "run_config", "set_rng_state", "to_device", "unwrap",
+           "zoo_specs"]

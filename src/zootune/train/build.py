@@ -1,193 +1,84 @@
-"""From a config to the objects ``fit`` needs: zoo -> task head -> method -> model; data.
+"""From a config to the objects a training run needs: zoo -> task -> method -> model; data.
 
-Data flows one way: the zoo is loaded (``zootune.zoo.load_zoo`` for zoo specs, or a builder +
-local checkpoint files), the task adapts every source (a fresh shared head), and the method
-decides what is trained:
-
-* ``zoo_tuning`` / ``zoo_tuning_lite``: :func:`zootune.zoo_tune` (per-sample / lite gates);
-* ``average_aggregation``: ``zoo_tune`` with no alignment and frozen uniform normalised gates,
-  i.e. fixed equal gates: the plain weight average of the zoo, trained;
-* ``finetune``: source ``cfg.source`` alone, an ordinary fine-tuning baseline.
+Data flows one way. The zoo is loaded by :func:`zootune.zoo.load_zoo` alone (``zoo.builder`` +
+``zoo.checkpoints`` / ``zoo.random_sources`` are shorthands for ``file:`` / ``random:`` specs,
+:func:`zoo_specs`); the data set is built with the zoo's preprocessing; the task (from the task
+registry) binds to the data; the method (from the method registry) builds the model to train
+from the zoo and the task. Nothing here knows a method or a task by name.
 """
 
 from __future__ import annotations
 
-import copy
-import importlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
 
 from zootune.config import Config, ConfigError
-from zootune.errors import CheckpointError
 
 
-@dataclass
-class Zoo:
-    """Loaded source models with their names and (optional) input preprocessing."""
-
-    models: list[nn.Module]
-    names: list[str]
-    preprocessing: Any = None
-    info: dict[str, Any] = field(default_factory=dict)
-
-
-def resolve_builder(spec: str) -> Callable[..., nn.Module]:
-    """``"torchvision:resnet18"``, ``"timm:resnet18"`` or ``"pkg.module:function"``."""
-    kind, _, name = spec.partition(":")
-    if not name:
-        raise ConfigError(f"zoo.builder {spec!r} must look like 'torchvision:NAME', 'timm:NAME' "
-                          "or 'package.module:function'")
-    if kind == "torchvision":
-        import torchvision
-
-        try:
-            fn = torchvision.models.get_model_builder(name)
-        except ValueError:
-            raise ConfigError(f"zoo.builder: torchvision has no model {name!r}") from None
-        return lambda **kw: fn(weights=None, **kw)
-    if kind == "timm":
-        import timm
-
-        if not timm.is_model(name):
-            raise ConfigError(f"zoo.builder: timm has no model {name!r}")
-        return lambda **kw: timm.create_model(name, pretrained=False, **kw)
-    try:
-        fn = getattr(importlib.import_module(kind), name)
-    except (ImportError, AttributeError):
-        raise ConfigError(f"zoo.builder: cannot import {name!r} from {kind!r}") from None
-    if not callable(fn):
-        raise ConfigError(f"zoo.builder {spec!r} is not callable")
-    return fn
-
-
-def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    if not path.is_file():
-        raise CheckpointError(f"zoo checkpoint {str(path)!r} does not exist")
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            sd = load_file(str(path))
-        else:
-            sd = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001
-        raise CheckpointError(f"cannot read zoo checkpoint {str(path)!r}: {exc.__class__.__name__}") from None
-    for key in ("state_dict", "model", "model_state_dict"):
-        if isinstance(sd, dict) and key in sd and isinstance(sd[key], dict):
-            sd = sd[key]
-    if not isinstance(sd, dict):
-        raise CheckpointError(f"zoo checkpoint {str(path)!r} does not hold a state dict")
-    return sd
-
-
-def load_zoo_from_config(zc: Any, base_dir: Path | None = None, pretrained: bool = True) -> Zoo:
-    """Build the zoo described by a :class:`zootune.config.ZooConfig`.
-
-    ``pretrained=False`` builds the same structure without loading source weights (used when a
-    run's own weights are loaded on top, e.g. by ``zootune eval`` / ``export``).
-    """
+def zoo_specs(zc: Any, base_dir: Path | None = None) -> Any:
+    """What ``load_zoo`` gets for a :class:`zootune.config.ZooConfig`: ``zoo.spec`` itself, or
+    the spec mappings its ``builder`` shorthand stands for."""
     if zc.spec is not None:
-        try:
-            from zootune.zoo import load_zoo  # the zoo module (specs, presets, hub, timm...)
-        except ImportError:
-            raise ConfigError("zoo.spec needs zootune.zoo.load_zoo, which is not available; "
-                              "use zoo.builder + zoo.checkpoints instead") from None
-        kwargs: dict[str, Any] = {"pretrained": pretrained}
-        for key in ("strip_heads", "offline", "checkpoint_dir"):
-            if getattr(zc, key) is not None:
-                kwargs[key] = getattr(zc, key)
-        loaded = load_zoo(zc.spec, **kwargs)
-        models = list(getattr(loaded, "models", loaded))
-        names = list(getattr(loaded, "names", None) or zc.names or
-                     [f"source{i}" for i in range(len(models))])
-        pre = getattr(loaded, "preprocessing", None)
-        warns = [str(w) for w in (getattr(loaded, "warnings", None) or [])]
-        return Zoo(models, names, pre, {"spec": zc.spec, "warnings": warns})
+        if zc.builder or zc.checkpoints or zc.random_sources:
+            raise ConfigError("give zoo.spec or zoo.builder (+ checkpoints / random_sources), not both")
+        return zc.spec
     if zc.builder is None:
-        raise ConfigError("the zoo is not configured: set zoo.spec, or zoo.builder with "
-                          "zoo.checkpoints (or zoo.random_sources for a smoke test)")
-    build = resolve_builder(zc.builder)
-    models: list[nn.Module] = []
+        raise ConfigError("the zoo is not configured: set zoo.spec (a spec list or a zoo preset), or "
+                          "zoo.builder with zoo.checkpoints (or zoo.random_sources for a smoke test)")
     if zc.checkpoints:
-        for i, ck in enumerate(zc.checkpoints):
-            path = Path(ck).expanduser()
-            if not path.is_absolute() and base_dir is not None and not path.exists():
-                path = base_dir / path
-            sd = _read_state_dict(path)
-            m = build(**zc.builder_kwargs)
-            try:
-                missing, unexpected = m.load_state_dict(sd, strict=zc.strict)
-            except RuntimeError as exc:
-                first = str(exc).strip().splitlines()
-                detail = " ".join(x.strip() for x in first[1:3]) if len(first) > 1 else first[0]
-                raise CheckpointError(
-                    f"zoo checkpoint {str(path)!r} does not fit {zc.builder}: {detail[:300]}") from None
-            models.append(m)
-        names = zc.names or [Path(c).stem for c in zc.checkpoints]
+        paths = []
+        for ck in zc.checkpoints:
+            p = Path(ck).expanduser()
+            if not p.is_absolute() and base_dir is not None and not p.exists() and (base_dir / p).exists():
+                p = base_dir / p
+            paths.append(p)
+        names = zc.names or [p.stem for p in paths]
+        specs = [{"spec": f"file:{p}", "arch": zc.builder, "kwargs": dict(zc.builder_kwargs),
+                  "name": n, "strict": zc.strict} for p, n in zip(paths, names)]
     elif zc.random_sources:
-        for i in range(zc.random_sources):
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(zc.seed + i)
-                models.append(build(**zc.builder_kwargs))
         names = zc.names or [f"random{i}" for i in range(zc.random_sources)]
+        specs = [{"spec": f"random:{zc.builder} seed={zc.seed + i}", "kwargs": dict(zc.builder_kwargs),
+                  "name": n} for i, n in zip(range(zc.random_sources), names)]
     else:
         raise ConfigError("zoo.builder is set but zoo.checkpoints is empty "
                           "(list one checkpoint per source, or set zoo.random_sources)")
-    if len(names) != len(models):
-        raise ConfigError(f"zoo.names has {len(names)} names for {len(models)} sources")
-    pre = None
-    try:
-        from zootune.zoo.preprocess import preprocessing_of
-
-        pre = preprocessing_of(models[0])
-    except Exception:  # noqa: BLE001 - preprocessing is a hint only
-        pre = None
-    return Zoo(models, list(names), pre, {"builder": zc.builder, "checkpoints": list(zc.checkpoints)})
+    if len(names) != len(specs):
+        raise ConfigError(f"zoo.names has {len(names)} names for {len(specs)} sources")
+    return specs
 
 
-def build_method_model(cfg: Config, task: Any, zoo: Zoo) -> nn.Module:
-    """Attach the task head to every source and apply the method (see module docstring).
+def load_run_zoo(cfg: Config, *, task: Any, method: Any, base_dir: Path | None = None,
+                 pretrained: bool = True):
+    """The run's zoo (a :class:`zootune.zoo.Zoo`). Source heads that differ between members
+    are stripped when the task replaces every head and the method does not need them."""
+    from zootune.zoo import load_zoo
 
-    The global RNG is seeded with ``cfg.train.seed`` first, so new modules (gates, alignment)
-    start the same in every process: a DDP rank, a resumed run and a rerun agree.
-    """
-    torch.manual_seed(cfg.train.seed)
-    # copies: the head is attached in place and fine-tuning trains the module itself, so the
-    # caller's zoo stays pristine for the next method
-    models = task.prepare_zoo([copy.deepcopy(m) for m in zoo.models])
-    method = cfg.method
-    if method == "finetune":
-        if cfg.source >= len(models):
-            raise ConfigError(f"source={cfg.source} but the zoo has {len(models)} models "
-                              f"({', '.join(zoo.names)})")
-        return models[cfg.source]
-    import zootune
+    zc = cfg.zoo
+    strip = zc.strip_heads
+    if strip is None:
+        strip = "differing" if task.replaces_heads and not method.needs_source_heads else False
+    kwargs: dict[str, Any] = {"pretrained": pretrained, "strip_heads": strip}
+    if zc.offline is not None:
+        kwargs["offline"] = zc.offline
+    if zc.checkpoint_dir is not None:
+        kwargs["checkpoint_dir"] = zc.checkpoint_dir
+    if zc.spec is None and zc.random_sources:
+        kwargs["check_related"] = False  # random weights are trivially unrelated
+    return load_zoo(zoo_specs(zc, base_dir), **kwargs)
 
-    zt = cfg.zoo_tune
-    if len(models) < 2:
-        raise ConfigError(f"method {method!r} needs at least 2 source models, the zoo has {len(models)}")
-    exclude = list(zt.exclude) + [p for p in task.exclude_patterns() if p not in zt.exclude]
-    kwargs = dict(layers=zt.layers, exclude=exclude, align=zt.align, lite=zt.lite, rest=zt.rest,
-                  gate=zt.gate, gate_init=zt.gate_init, gate_hidden=zt.gate_hidden,
-                  te_momentum=zt.te_momentum, kernel=zt.kernel, recompute=zt.recompute)
-    if zt.kernel == "auto" and cfg.train.deterministic:
-        # "auto" times the candidate kernels and keeps the fastest, which may differ between
-        # processes (and their rounding with it): a deterministic run uses one fixed kernel.
-        kwargs["kernel"] = "grouped"
-    if method == "zoo_tuning_lite":
-        kwargs["lite"] = True
-    elif method == "average_aggregation":
-        # equal frozen gates: per-sample and lite compute the same averaged weights, lite with
-        # one ordinary convolution per layer (and it exports to a plain model)
-        kwargs.update(align=False, gate="normalized", gate_init="uniform", lite=True)
-    zm = zootune.zoo_tune(models, **kwargs)
-    if method == "average_aggregation":
-        zm.freeze_gates()
-    return zm
+
+def data_preprocessing(zoo: Any) -> Any:
+    """The zoo's preprocessing as the data set should use it: ``None`` when the architecture
+    declares none (a model builder of one's own), so the data set's own defaults apply instead
+    of an ImageNet guess (8x8 digits must not be resized to 224x224)."""
+    pre = getattr(zoo, "preprocessing", None)
+    if pre is not None and "declares none" in str(getattr(pre, "source", "")):
+        return None
+    return pre
 
 
 @dataclass
@@ -198,28 +89,65 @@ class Run:
     model: nn.Module
     task: Any
     data: Any
-    zoo: Zoo
+    zoo: Any
+    method: Any
+    previous: dict[str, Any] = field(default_factory=dict)
 
     def info(self) -> dict[str, Any]:
-        return {"method": self.cfg.method, "zoo": self.zoo.names, "zoo_info": self.zoo.info,
-                "data": {k: v for k, v in self.data.info.items() if k != "preprocessing"},
-                "classes": list(self.data.classes)}
+        """Facts for the report and ``result.json`` (JSON-able)."""
+        data = {k: v for k, v in (self.data.info.items() if self.data is not None else [])
+                if k != "preprocessing"}
+        return {"method": self.method.describe(), "zoo": list(self.zoo.names),
+                "zoo_warnings": list(getattr(self.zoo, "warnings", []) or []),
+                "zoo_info": dict(getattr(self.zoo, "info", {}) or {}),
+                "data": data, "task": self.task.describe()}
+
+    def record(self) -> dict[str, Any]:
+        """What a model file of this run carries so that it can be rebuilt without the zoo's
+        checkpoints or the data (:func:`zootune.load`)."""
+        return {"config": self.cfg.to_dict(), "task": self.task.describe(),
+                "method": self.method.describe(), "zoo": list(self.zoo.names),
+                "eval_preprocessing": (self.data.info.get("eval_preprocessing")
+                                       if self.data is not None else None)}
 
 
-def build_run(cfg: Config, base_dir: Path | None = None, pretrained: bool = True) -> Run:
-    """Zoo, data, task and method model of ``cfg`` (seeded: the head is reproducible)."""
+def build_run(cfg: Config, base_dir: Path | None = None, pretrained: bool = True, *,
+              stage: str = "main", previous: dict[str, Any] | None = None,
+              zoo: Any = None, data: Any = None) -> Run:
+    """Zoo, data, task and method model of ``cfg`` (seeded: new modules are reproducible).
+
+    ``zoo`` / ``data``: already loaded ones to reuse (e.g. by several methods on one zoo).
+    """
     from zootune.data import build_data
+    from zootune.methods import BuildContext, build_method
     from zootune.tasks import build_task
 
-    zoo = load_zoo_from_config(cfg.zoo, base_dir, pretrained=pretrained)
-    data = build_data(cfg.data, zoo.preprocessing)
-    task = build_task(cfg.task, data.num_classes)
-    if cfg.task.name == "classification" and cfg.task.num_classes is None:
-        cfg.task.num_classes = data.num_classes  # recorded in the run's config.yaml
-    if hasattr(task, "head_seed"):
-        task.head_seed = cfg.train.seed
-    if hasattr(task, "example_input") and len(data.train):
-        x = data.train[0][0]
-        task.example_input = torch.as_tensor(x).unsqueeze(0).repeat(2, *([1] * x.dim()))
-    model = build_method_model(cfg, task, zoo)
-    return Run(cfg, model, task, data, zoo)
+    method = build_method(cfg.method)
+    task = build_task(cfg.task, seed=cfg.train.seed)
+    if zoo is None:
+        zoo = load_run_zoo(cfg, task=task, method=method, base_dir=base_dir, pretrained=pretrained)
+    method.check_zoo(zoo)
+    if data is None:
+        data = build_data(cfg.data, data_preprocessing(zoo))
+    task.bind(data)
+    torch.manual_seed(cfg.train.seed)
+    model = method.build(BuildContext(zoo, task, cfg, stage, dict(previous or {})))
+    return Run(cfg, model, task, data, zoo, method, dict(previous or {}))
+
+
+def build_structure(config: Config | dict[str, Any], task_record: dict[str, Any] | None = None) -> Run:
+    """A run's model structure with random weights, built from its config alone (the source
+    checkpoints and the data are not read): what :func:`zootune.load` fills with a run's
+    weights. ``task_record``: the task's :meth:`~zootune.tasks.Task.describe` of the run."""
+    from zootune.config import build_config
+    from zootune.methods import BuildContext, build_method
+    from zootune.tasks import build_task
+
+    cfg = config if isinstance(config, Config) else build_config(dict(config))
+    method = build_method(cfg.method)
+    task = build_task(cfg.task, seed=cfg.train.seed)
+    task.restore(dict(task_record or {}))
+    zoo = load_run_zoo(cfg, task=task, method=method, pretrained=False)
+    torch.manual_seed(cfg.train.seed)
+    model = method.build(BuildContext(zoo, task, cfg, "main", {}, structure_only=True))
+    return Run(cfg, model, task, None, zoo, method)

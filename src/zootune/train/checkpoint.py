@@ -1,8 +1,9 @@
-"""Atomic, resumable checkpoints.
+"""Atomic, resumable checkpoint folders and the model weight files in them.
 
 Layout of ``RUN/checkpoints/``::
 
-    step_00000100/model.safetensors   model weights (and buffers: BN stats, temporal ensemble)
+    step_00000100/model.safetensors   the model, in the one model format (zootune.save)
+    step_00000100/extras.safetensors  a method's extra trainable modules (when it has any)
     step_00000100/state.pt            optimizer, scheduler, AMP scaler, RNG states, step, extras
     latest.json                       {"step": 100, "dir": "step_00000100"}
 
@@ -10,6 +11,7 @@ A checkpoint is first written to a hidden temporary folder, flushed to disk, the
 place with ``os.replace``; ``latest.json`` is replaced the same way only afterwards. A crash at
 any moment therefore leaves ``latest.json`` pointing at a complete checkpoint (the previous one),
 never at a half-written file. Only the newest ``keep`` checkpoints are kept.
+:class:`zootune.train.TrainState` writes and reads these folders.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Mapping
 
 import torch
 from torch import nn
@@ -29,44 +31,38 @@ from zootune.errors import CheckpointError
 
 LATEST = "latest.json"
 WEIGHTS = "model.safetensors"
+EXTRAS = "extras.safetensors"
 STATE = "state.pt"
 
 
-def save_weights(model: nn.Module, path: str | Path, metadata: dict[str, str] | None = None) -> None:
-    """Model state (parameters and buffers) as safetensors, written atomically."""
-    from safetensors.torch import save_model
+def save_module(module: nn.Module, path: str | Path, metadata: Mapping[str, Any] | None = None) -> Path:
+    """``module`` in the one model format (:func:`zootune.save`), written atomically."""
+    from zootune.export import save
 
-    atomic_write(path, lambda tmp: save_model(model, tmp, metadata=metadata, force_contiguous=True))
-
-
-def load_weights(model: nn.Module, path: str | Path, strict: bool = True) -> None:
-    """Load :func:`save_weights` output into ``model``; one :class:`CheckpointError` on mismatch."""
-    from safetensors.torch import load_model
-
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"weights file {str(path)!r} does not exist")
-    try:
-        missing, unexpected = load_model(model, str(path), strict=False, device="cpu")
-    except Exception as exc:  # noqa: BLE001 - corrupt file, wrong shapes...
-        raise CheckpointError(f"cannot load weights from {str(path)!r}: {exc}") from None
-    # safetensors drops duplicates of shared tensors on save; those come back as "missing"
-    if strict and (unexpected or missing):
-        raise CheckpointError(
-            f"weights {str(path)!r} do not fit the model: missing {sorted(missing)[:5]}, "
-            f"unexpected {sorted(unexpected)[:5]}")
+    return save(module, path, metadata=dict(metadata or {}))
 
 
-def save_checkpoint(ckpt_root: str | Path, step: int, model: nn.Module, state: dict[str, Any],
+def load_module(module: nn.Module, path: str | Path) -> None:
+    """Load a file written by :func:`save_module` into ``module`` (same structure, strict)."""
+    from zootune.export import load_state_into
+
+    load_state_into(module, path)
+
+
+def save_checkpoint(ckpt_root: str | Path, step: int, files: Mapping[str, Callable[[str], Any]],
                     keep: int = 2) -> Path:
-    """Write checkpoint ``step`` atomically and point ``latest.json`` at it."""
+    """Write checkpoint ``step`` atomically and point ``latest.json`` at it.
+
+    ``files``: ``{file name: writer(path)}``; every writer writes its file inside a temporary
+    folder that is renamed into place only when all are complete.
+    """
     root = Path(ckpt_root)
     root.mkdir(parents=True, exist_ok=True)
     name = f"step_{step:08d}"
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=root))
     try:
-        save_weights(model, tmp / WEIGHTS, metadata={"step": str(step)})
-        atomic_write(tmp / STATE, lambda path: torch.save(state, path))
+        for fname, write in files.items():
+            atomic_write(tmp / fname, write)
         final = root / name
         if final.exists():  # left by a run that died after writing it: replace it
             trash = Path(tempfile.mkdtemp(prefix=f".{name}.old.", dir=root))
@@ -110,7 +106,7 @@ def read_latest(ckpt_root: str | Path) -> Path | None:
     return p
 
 
-def load_state(ckpt_dir: str | Path) -> dict[str, Any]:
+def read_state(ckpt_dir: str | Path) -> dict[str, Any]:
     """The non-weight state of a checkpoint (optimizer, scheduler, RNG, step...)."""
     p = Path(ckpt_dir) / STATE
     if not p.is_file():

@@ -63,6 +63,15 @@ def all_reduce_sum(t: torch.Tensor, info: DistInfo) -> torch.Tensor:
     return t
 
 
+def all_gather_cat(t: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    """Concatenate 1-D tensors of (possibly) different lengths from every rank, in rank order."""
+    if not info.enabled:
+        return t
+    parts: list = [None] * info.world_size
+    dist.all_gather_object(parts, t.detach().cpu())
+    return torch.cat(parts).to(t.device)
+
+
 def barrier(info: DistInfo) -> None:
     if info.enabled:
         dist.barrier()

@@ -13,6 +13,8 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from zootune.atomic import atomic_write_text
+
 
 def _clean(v: Any) -> Any:
     if isinstance(v, float) and not math.isfinite(v):
@@ -47,12 +49,13 @@ class RunLogger:
             return
         self.out_dir.mkdir(parents=True, exist_ok=True)
         path = self.out_dir / "metrics.jsonl"
+        kept: list[dict[str, Any]] = []
         if resume_step is not None:
             kept = [e for e in read_metrics(path) if e.get("step", 0) <= resume_step]
             self.history = kept
-            path.write_text("".join(json.dumps(e) + "\n" for e in kept))
-        else:
-            path.write_text("")
+        # the rewritten log replaces the old one atomically; events are then appended line by
+        # line (a torn last line after a crash is skipped by read_metrics)
+        atomic_write_text(path, "".join(json.dumps(e) + "\n" for e in kept))
         self._file = open(path, "a", buffering=1)
         if tensorboard:
             try:

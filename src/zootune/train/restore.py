@@ -1,10 +1,10 @@
-"""Rebuild a finished (or interrupted) run's model from its folder, for eval and export.
+"""Rebuild a finished (or interrupted) run's model from its folder, for eval, export and load.
 
 A run folder holds ``config.yaml`` (the resolved config) and weights: ``model.safetensors``
-(final/selected), ``best.safetensors`` (with ``train.select: best``) and ``checkpoints/``. The
-model structure is rebuilt from the config *without* reading the source checkpoints again
-(sources are built with random weights and every tensor is then overwritten by the run's
-weights), so eval and export do not need the zoo files or the network.
+(final/selected), ``best.safetensors`` (with ``train.select: best``) and ``checkpoints/``. Every
+weight file is in the one model format and carries the run's record (config, task description),
+so the structure is rebuilt *without* reading the source checkpoints or the data
+(:func:`zootune.train.build.build_structure`) and then filled with the run's weights.
 """
 
 from __future__ import annotations
@@ -12,9 +12,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Sequence
 
-from zootune.config import Config, ConfigError, load_config
+from zootune.config import ConfigError, load_config
 from zootune.errors import CheckpointError
-from zootune.train.checkpoint import WEIGHTS, load_weights, read_latest
+from zootune.train.build import build_structure, data_preprocessing
+from zootune.train.checkpoint import WEIGHTS, read_latest
 
 
 def find_run_dir(path: str | Path) -> tuple[Path, Path | None]:
@@ -57,50 +58,31 @@ def weights_file(run_dir: Path, which: str = "final") -> Path:
     raise ValueError(f"unknown weights {which!r}")
 
 
-def structural_config(cfg: Config) -> Config:
-    """The same model structure without loading source weights (they are overwritten anyway)."""
-    zc = cfg.zoo
-    if zc.spec is None and zc.checkpoints:
-        zoo = zc.model_copy(update={"checkpoints": [], "random_sources": len(zc.checkpoints),
-                                    "names": zc.names or [Path(c).stem for c in zc.checkpoints]})
-        return cfg.model_copy(update={"zoo": zoo})
-    return cfg
+def load_run(path: str | Path, *, weights: str = "final", data_overrides: Sequence[str] = (),
+             with_data: bool = False) -> tuple[Any, Path]:
+    """``(Run, weights_path)`` with the run's trained weights loaded into ``run.model`` (eval).
 
-
-def load_run(path: str | Path, *, weights: str = "final",
-             data_overrides: Sequence[str] = ()) -> tuple[Any, Path]:
-    """``(Run, weights_path)`` with the run's trained weights loaded into ``run.model``.
-
-    ``data_overrides`` (``key=value``) change only the data the returned run carries (e.g. a
-    new image folder to evaluate on); the model is always the run's own (its number of classes
-    comes from the recorded ``task.num_classes``).
+    ``with_data`` (or any ``data_overrides``, ``key=value`` of ``data.*`` settings such as a new
+    image folder) also builds the data to evaluate on and binds the task to it; the model is
+    always the run's own.
     """
-    import torch
-
-    from zootune.data import DataError, build_data
-    from zootune.tasks import build_task
-    from zootune.train.build import Run, build_method_model, load_zoo_from_config
+    from zootune.data import build_data
+    from zootune.export import load_state_into, run_metadata
 
     run_dir, explicit = find_run_dir(path)
-    cfg = load_config(run_dir / "config.yaml")
-    eval_cfg = load_config(run_dir / "config.yaml", data_overrides) if data_overrides else cfg
     bad = [o for o in data_overrides if not o.split("=", 1)[0].startswith("data.")]
     if bad:
         raise ConfigError(f"only data.* settings can be overridden here, not {bad[0]!r}")
+    cfg = load_config(run_dir / "config.yaml")
     wfile = explicit or weights_file(run_dir, weights)
-    scfg = structural_config(cfg)
-    zoo = load_zoo_from_config(scfg.zoo, run_dir, pretrained=False)
-    data = build_data(eval_cfg.data, zoo.preprocessing)
-    num_classes = cfg.task.num_classes
-    if num_classes is None:
-        if data_overrides:
-            raise DataError("this run did not record task.num_classes: evaluate it on its own data")
-        num_classes = data.num_classes
-    task = build_task(cfg.task, num_classes)
-    if hasattr(task, "example_input") and len(data.train):
-        x = torch.as_tensor(data.train[0][0])
-        task.example_input = x.unsqueeze(0).repeat(2, *([1] * x.dim()))
-    model = build_method_model(scfg, task, zoo)
-    load_weights(model, wfile)
-    model.eval()
-    return Run(cfg, model, task, data, zoo), wfile
+    record = run_metadata(wfile) or {}
+    run = build_structure(cfg, record.get("task"))
+    load_state_into(run.model, wfile)
+    run.model.eval()
+    if with_data or data_overrides:
+        eval_cfg = load_config(run_dir / "config.yaml", data_overrides) if data_overrides else cfg
+        run.data = build_data(eval_cfg.data, data_preprocessing(run.zoo))
+        recorded = record.get("task") or run.task.describe()
+        run.task.bind(run.data)
+        run.task.check_compatible(recorded)
+    return run, wfile

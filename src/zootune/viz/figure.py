@@ -9,9 +9,13 @@ def save_figure(fig, path: str | Path, dpi: int = 110) -> Path:
     """Lay out ``fig``, write it to ``path`` (folders created) and close it."""
     import matplotlib.pyplot as plt
 
+    from zootune.atomic import atomic_write
+
     fig.tight_layout()
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=dpi)
-    plt.close(fig)
+    fmt = path.suffix.lstrip(".") or "png"
+    try:
+        atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=dpi, format=fmt))
+    finally:
+        plt.close(fig)
     return path

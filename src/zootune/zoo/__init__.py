@@ -12,29 +12,44 @@ Main entry points::
     m = load("file:moco.pth.tar arch=resnet50")             # raw checkpoint into an arch
     m = load("file:w.safetensors arch=mypkg.models:SmallNet")  # ... or into your own builder
 
+    m = load("random:zootune.models:small_cnn seed=3")     # random weights, seeded
+
     zoo = load_zoo("paper-resnet50")                         # the paper's five ResNet-50s
+    zoo = load_zoo("demo")                                   # the mini zoo shipped offline
     zoo = load_zoo(["timm:resnet50.a1_in1k", "torchvision:resnet50"], strip_heads=True,
                    offline=True, checkpoint_dir="/data/ckpts")
+    zoo = load_zoo([{"spec": "file:a.safetensors", "arch": "zootune.models:small_cnn",
+                     "kwargs": {"widths": [4, 8]}, "name": "a"}, ...])
     zm = zootune.zoo_tune(zoo, ...)                          # a Zoo is a list of modules
-    zoo.names, zoo.preprocessing, zoo.reports, zoo.relatedness, zoo.warnings
+    zoo.names, zoo.specs, zoo.preprocessing, zoo.reports, zoo.relatedness, zoo.warnings, zoo.info
     transform = build_transform(zoo.preprocessing, train=True)
+    find_head(model), strip_head(model)                      # the one head finder
 
 ``load(spec, pretrained=True, *, offline=None, checkpoint_dir=None, arch=None, strict=None,
 name=None)`` -> ``nn.Module`` carrying ``zootune_spec``, ``zootune_preprocessing`` and
 ``zootune_load_report``. Spec grammar: :mod:`zootune.zoo.spec` (``timm:``, ``torchvision:``,
-``torchvision-backbone:``, ``hf:``, ``file:``, ``url:``; options ``arch=``, ``name=``,
-``strict=``).
+``torchvision-backbone:``, ``hf:``, ``file:``, ``url:``, ``random:ARCH``; options ``arch=``,
+``name=``, ``strict=``, ``seed=`` (``random:`` only, default 0); a mapping form may add
+``kwargs:``, keyword arguments for the architecture builder). ``random:ARCH`` builds ``ARCH``
+under ``torch.manual_seed(seed)`` inside ``torch.random.fork_rng``: the weights depend on
+(ARCH, kwargs, seed) only and the global random state is untouched (name ``random{seed}``).
 
 ``load_zoo(specs, *, pretrained=True, strip_heads=None, offline=None, checkpoint_dir=None,
 arch=None, check_related=None, unify=True, warn=True)`` -> :class:`Zoo`. ``specs`` is one
 spec, a preset name, or a list mixing both (strings or ``{"spec": ..., "arch": ...,
-"name": ...}`` mappings, as they come from a YAML config). It validates one architecture
-(:class:`ZooMismatchError` naming the first differing parameter and both shapes), strips heads
-on request (presets whose heads differ turn it on), reports per-member mapped / missing /
-dropped keys, merges preprocessing (warning when members disagree) and warns when members look
-independently trained (:mod:`zootune.zoo.relatedness`).
+"kwargs": {...}, "name": ...}`` mappings, as they come from a YAML config). It validates one
+architecture (:func:`check_same_architecture`: :class:`ZooMismatchError` naming both members,
+the first differing key and both shapes), strips heads on request (``strip_heads=True``;
+``"differing"``: only when the members' heads differ; presets whose heads differ turn it on),
+reports per-member mapped / missing / dropped keys, merges preprocessing (warning when members
+disagree) and warns when members look independently trained (:mod:`zootune.zoo.relatedness`).
 
-Presets: :mod:`zootune.zoo.presets` (``paper-resnet50``: exactly which published weights).
+:class:`Zoo` is the one zoo type of zootune (a ``list`` of modules with ``names``, ``specs``,
+``preprocessing``, ``reports``, ``relatedness``, ``warnings`` and ``info``); ``Zoo(models,
+names)`` wraps modules built by hand.
+
+Presets (:data:`ZOO_PRESETS`): :mod:`zootune.zoo.presets` (``paper-resnet50``: exactly which
+published weights; ``demo``: the shipped mini zoo).
 Checkpoint files: :mod:`zootune.zoo.checkpoint` (``weights_only=True``, wrappers, NaN/Inf
 check). Key mapping (``module.``, MoCo's ``module.encoder_q.``, ``backbone.body.`` /
 ``backbone.`` of detection and segmentation models, ``FrozenBatchNorm2d`` statistics):
@@ -46,26 +61,21 @@ All errors derive from :class:`zootune.errors.ZootuneError` (:mod:`zootune.zoo.e
 from __future__ import annotations
 
 from zootune.zoo.cache import ENV_CHECKPOINT_DIR, ENV_OFFLINE, is_offline
+from zootune.zoo.check import check_same_architecture
 from zootune.zoo.checkpoint import check_finite, read_checkpoint
 from zootune.zoo.errors import (
     CheckpointError,
     DownloadError,
+    HeadError,
     NonFiniteWeightsError,
     OfflineError,
     UnsafeCheckpointError,
     ZooMismatchError,
     ZooSpecError,
 )
+from zootune.zoo.heads import find_head, strip_head
 from zootune.zoo.keymap import KeyMapReport, map_state_dict
-from zootune.zoo.load import (
-    Zoo,
-    ZooLoadWarning,
-    check_same_architecture,
-    expand_specs,
-    load,
-    load_zoo,
-    strip_head,
-)
+from zootune.zoo.load import Zoo, ZooLoadWarning, expand_specs, heads_differ, load, load_zoo
 from zootune.zoo.preprocess import (
     Preprocessing,
     PreprocessingWarning,
@@ -73,7 +83,7 @@ from zootune.zoo.preprocess import (
     preprocessing_of,
     zoo_preprocessing,
 )
-from zootune.zoo.presets import PRESETS, preset_names
+from zootune.zoo.presets import ZOO_PRESETS, preset_names
 from zootune.zoo.relatedness import (
     RELATED_THRESHOLD,
     Relatedness,
@@ -87,16 +97,17 @@ __all__ = [
     "DownloadError",
     "ENV_CHECKPOINT_DIR",
     "ENV_OFFLINE",
+    "HeadError",
     "KeyMapReport",
     "NonFiniteWeightsError",
     "OfflineError",
-    "PRESETS",
     "Preprocessing",
     "PreprocessingWarning",
     "RELATED_THRESHOLD",
     "Relatedness",
     "UnrelatedZooWarning",
     "UnsafeCheckpointError",
+    "ZOO_PRESETS",
     "Zoo",
     "ZooLoadWarning",
     "ZooMismatchError",
@@ -106,6 +117,8 @@ __all__ = [
     "check_finite",
     "check_same_architecture",
     "expand_specs",
+    "find_head",
+    "heads_differ",
     "is_offline",
     "load",
     "load_zoo",

@@ -1,4 +1,5 @@
-"""Build one zoo member per spec kind: timm, torchvision, torchvision-backbone, hf, file, url.
+"""Build one zoo member per spec kind: timm, torchvision, torchvision-backbone, hf, file, url,
+random.
 
 Each builder returns ``(model, preprocessing, report)``. Weights are located by
 :mod:`zootune.zoo.cache` *before* timm or torchvision are asked to load them, so neither
@@ -33,6 +34,7 @@ import torch.nn as nn
 from zootune.zoo.cache import Context, fetch_hf, fetch_url, find_hf_file, find_url_file
 from zootune.zoo.checkpoint import RawCheckpoint, read_checkpoint
 from zootune.zoo.errors import CheckpointError, OfflineError, ZooSpecError
+from zootune.zoo.heads import find_head
 from zootune.zoo.keymap import KeyMapReport, is_head_key, map_state_dict
 from zootune.zoo.preprocess import (
     Preprocessing,
@@ -46,21 +48,8 @@ Built = tuple[nn.Module, Preprocessing, KeyMapReport]
 
 # ------------------------------------------------------------------------------- helpers
 
-
-def head_name(model: nn.Module) -> str | None:
-    """Name of the classification head module (timm's ``classifier`` or the last Linear)."""
-    cfg = getattr(model, "pretrained_cfg", None)
-    if isinstance(cfg, dict) and cfg.get("classifier"):
-        cls = cfg["classifier"]
-        cls = cls[0] if isinstance(cls, (list, tuple)) else cls
-        with contextlib.suppress(AttributeError):
-            model.get_submodule(cls)
-            return str(cls)
-    last = None
-    for name, mod in model.named_modules():
-        if isinstance(mod, nn.Linear):
-            last = name
-    return last
+#: Old name of :func:`zootune.zoo.find_head` (the same function), for existing imports.
+head_name = find_head
 
 
 def _close(name: str, choices: list[str]) -> str:
@@ -160,21 +149,30 @@ def _library_load(spec: ZooSpec, path: Path, fn: Any) -> nn.Module:
 # ------------------------------------------------------------------------ architectures
 
 
-def build_arch(arch: str, num_classes: int | None = None) -> tuple[nn.Module, Preprocessing, str]:
+def build_arch(
+    arch: str,
+    num_classes: int | None = None,
+    kwargs: dict[str, Any] | None = None,
+) -> tuple[nn.Module, Preprocessing, str]:
     """A randomly initialised model of ``arch``; returns ``(model, preprocessing, label)``.
 
     ``arch`` is ``resnet50``, ``torchvision:NAME``, ``timm:NAME`` or the import path of a model
     builder, ``package.module:callable`` (a class or function returning an ``nn.Module``, e.g.
     ``zootune.demo.model:MiniCNN``). A bare name is looked up in torchvision's classification
     models first (the paper's zoo uses torchvision's ResNet-50 keys), then in timm.
+    ``kwargs`` are passed to the builder (a spec's ``kwargs``); ``num_classes``, when given
+    (the head size of a checkpoint), takes precedence over ``kwargs["num_classes"]``.
     """
     kind, _, name = arch.partition(":") if ":" in arch else ("", "", arch)
+    kw = dict(kwargs or {})
+    if num_classes is not None:
+        kw["num_classes"] = int(num_classes)
     if kind not in ("", "timm", "torchvision"):
-        return _build_imported(arch, kind, name, num_classes)
-    kw = {} if num_classes is None else {"num_classes": int(num_classes)}
+        return _build_imported(arch, kind, name, kw)
     if kind in ("", "torchvision") and name in classification_models():
         tvm = _tv()
-        model = tvm.get_model(name, weights=None, **kw)
+        model = _call_builder(arch, f"torchvision.models.get_model({name!r})",
+                              lambda: tvm.get_model(name, weights=None, **kw), kw)
         try:  # the first published weights' recipe (IMAGENET1K_V1: resize 256, crop 224)
             w = next(iter(tvm.get_model_weights(name)))
             pre = from_torchvision_weights(w, f"assumed: recipe of torchvision {w}")
@@ -184,7 +182,8 @@ def build_arch(arch: str, num_classes: int | None = None) -> tuple[nn.Module, Pr
     if kind in ("", "timm"):
         timm = _timm()
         if timm.is_model(name):
-            model = timm.create_model(name, pretrained=False, **kw)
+            model = _call_builder(arch, f"timm.create_model({name!r})",
+                                  lambda: timm.create_model(name, pretrained=False, **kw), kw)
             return model, from_timm_model(model, f"assumed: timm {name} default"), f"timm:{name}"
     choices = classification_models()
     raise ZooSpecError(f"arch={arch!r}: no torchvision or timm architecture of that name"
@@ -192,14 +191,23 @@ def build_arch(arch: str, num_classes: int | None = None) -> tuple[nn.Module, Pr
                        + "; a model builder of your own is named package.module:callable")
 
 
-def _build_imported(arch: str, module: str, attr: str,
-                    num_classes: int | None) -> tuple[nn.Module, Preprocessing, str]:
-    """``arch=package.module:callable``: import the builder and call it.
+def _call_builder(arch: str, what: str, fn: Any, kw: dict[str, Any]) -> Any:
+    """``fn()``; a ``TypeError`` (a keyword the builder does not take) becomes a ZooSpecError."""
+    try:
+        return fn()
+    except TypeError as exc:
+        args = ", ".join(f"{k}={v!r}" for k, v in kw.items())
+        raise ZooSpecError(f"arch={arch!r}: calling {what}({args}) failed: {exc}") from None
 
-    ``num_classes`` is passed as a keyword when known. A builder whose ``num_classes``
-    parameter is required gets a placeholder (1) when it is not known yet: the caller
-    (:func:`build_from_file`) rebuilds the model with the checkpoint's head size. As the
-    trainer's ``zoo.builder``, this imports code named by the user (the spec is trusted input).
+
+def _build_imported(arch: str, module: str, attr: str,
+                    kw: dict[str, Any]) -> tuple[nn.Module, Preprocessing, str]:
+    """``arch=package.module:callable``: import the builder and call it with ``kw``.
+
+    A builder whose ``num_classes`` parameter is required gets a placeholder (1) when ``kw``
+    does not give it: the caller (:func:`build_from_file`) rebuilds the model with the
+    checkpoint's head size. As the trainer's ``zoo.builder``, this imports code named by the
+    user (the spec is trusted input).
 
     Preprocessing: the model's (or the builder's) ``zootune_preprocessing`` attribute when it
     has one (a :class:`Preprocessing` or a mapping of its fields), else the ImageNet default;
@@ -222,19 +230,13 @@ def _build_imported(arch: str, module: str, attr: str,
         fn = getattr(fn, part)
     if not callable(fn):
         raise ZooSpecError(f"arch={arch!r}: {attr!r} is not callable")
-    kw: dict[str, Any] = {}
-    if num_classes is not None:
-        kw["num_classes"] = int(num_classes)
-    else:
+    kw = dict(kw)
+    if "num_classes" not in kw:
         with contextlib.suppress(TypeError, ValueError):
             p = inspect.signature(fn).parameters.get("num_classes")
             if p is not None and p.default is inspect.Parameter.empty:
                 kw["num_classes"] = 1  # placeholder until the checkpoint's head size is known
-    try:
-        model = fn(**kw)
-    except TypeError as exc:
-        raise ZooSpecError(f"arch={arch!r}: calling {attr}({', '.join(f'{k}={v}' for k, v in kw.items())}) "
-                           f"failed: {exc}") from None
+    model = _call_builder(arch, attr, lambda: fn(**kw), kw)
     if not isinstance(model, nn.Module):
         raise ZooSpecError(f"arch={arch!r}: {attr} returned {type(model).__name__}, not an nn.Module")
     pre = getattr(model, "zootune_preprocessing", None) or getattr(fn, "zootune_preprocessing", None)
@@ -273,7 +275,7 @@ def load_tensors_into(
     first few (unless the spec says ``strict=false``); NaN/Inf in any mapped tensor raises
     :class:`NonFiniteWeightsError` naming it.
     """
-    head = head_name(model)
+    head = find_head(model)
     mapped, report = map_state_dict(tensors, model.state_dict(), prefix=prefix, head=head)
     report.wrapper = list(wrapper or [])
     trunk_missing = [k for k in report.missing if not is_head_key(k, head)]
@@ -421,17 +423,17 @@ def build_torchvision_backbone(spec: ZooSpec, pretrained: bool, ctx: Context) ->
 def build_from_file(spec: ZooSpec, path: Path | None, pretrained: bool) -> Built:
     """Load a raw checkpoint file into ``spec.arch`` (``path`` ignored when not pretrained)."""
     assert spec.arch
-    model, pre, _ = build_arch(spec.arch)
+    model, pre, _ = build_arch(spec.arch, kwargs=spec.kwargs)
     if not pretrained or path is None:
         return model, pre, KeyMapReport(notes=["random init"])
     raw = read_checkpoint(path)
-    head = head_name(model)
+    head = find_head(model)
     probe = map_state_dict(raw.tensors, model.state_dict(), head=head)[1]
     head_shapes = [m for m in probe.mismatched if is_head_key(m[0], head)]
     if head_shapes and head and all(is_head_key(m[0], head) for m in probe.mismatched):
         w = next((m for m in head_shapes if m[0].endswith("weight")), head_shapes[0])
         with contextlib.suppress(Exception):
-            model, pre, _ = build_arch(spec.arch, num_classes=int(w[1][0]))
+            model, pre, _ = build_arch(spec.arch, num_classes=int(w[1][0]), kwargs=spec.kwargs)
     report = load_tensors_into(model, raw.tensors, spec, str(path), wrapper=raw.wrapper)
     if raw.skipped:
         report.notes.append(f"ignored non-tensor entries: {', '.join(raw.skipped[:6])}")
@@ -497,6 +499,21 @@ def build_hf(spec: ZooSpec, pretrained: bool, ctx: Context) -> Built:
     return model, from_timm_model(model, f"hf {repo}"), report
 
 
+def build_random(spec: ZooSpec, pretrained: bool, ctx: Context) -> Built:
+    """``random:ARCH seed=N``: ``ARCH`` built under ``torch.manual_seed(N)``.
+
+    The builder runs inside ``torch.random.fork_rng(devices=[])``: the weights are a function of
+    (arch, kwargs, seed) alone and the caller's CPU random state is left as it was. There are
+    no weights to load, so ``pretrained`` changes nothing.
+    """
+    assert spec.arch
+    seed = spec.seed or 0
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model, pre, label = build_arch(spec.arch, kwargs=spec.kwargs)
+    return model, pre, KeyMapReport(notes=[f"random init of {label}, seed {seed}"])
+
+
 BUILDERS = {
     "timm": build_timm,
     "torchvision": build_torchvision,
@@ -504,4 +521,5 @@ BUILDERS = {
     "hf": build_hf,
     "file": build_file,
     "url": build_url,
+    "random": build_random,
 }

@@ -7,11 +7,12 @@ where relevant, the cache directory that was searched, so the user knows what to
 
 from __future__ import annotations
 
-from zootune.errors import CheckpointError, ZooMismatchError, ZootuneError
+from zootune.errors import CheckpointError, HeadError, ZooMismatchError, ZootuneError
 
 __all__ = [
     "CheckpointError",
     "DownloadError",
+    "HeadError",
     "NonFiniteWeightsError",
     "OfflineError",
     "UnsafeCheckpointError",

@@ -32,9 +32,22 @@ classes, 128-d MoCo projection, none for the three trunks): load the preset with
 ``checkpoint_dir=`` (or set ``ZOOTUNE_CHECKPOINT_DIR``).
 
 ``paper-resnet50-mocov2`` is the same zoo with MoCo v2 (800 epochs) in place of MoCo v1.
+
+``demo`` -- the mini zoo shipped inside the package (``zootune/demo/weights``, described by its
+``zoo.json``): a small CNN (:class:`zootune.demo.model.MiniCNN`, 1x16x16 grey-scale glyphs in
+``[0, 1]``, no normalisation) pretrained on rendered Latin, Greek and Cyrillic letters, digits
+and symbols (``base``), and four specialists fine-tuned from it (``latin``, ``greek``,
+``cyrillic``, ``numerals``). The files are float16 and load as float32. Every member has its own
+source head (179, 52, 39, 66, 54 classes), so heads are stripped by default, as for
+``paper-resnet50``. Needs no download: ``zootune demo`` and tests use it offline.
+
+These are *zoo* presets (which models form the zoo); the recipe presets of a training config
+are another thing (:mod:`zootune.config`).
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 MOCO_V1_URL = (
     "https://dl.fbaipublicfiles.com/moco/moco_checkpoints/moco_v1_200ep/"
@@ -53,11 +66,22 @@ _PAPER = [
     ("keypointrcnn", "torchvision-backbone:keypointrcnn_resnet50_fpn:COCO_V1"),
 ]
 
-PRESETS: dict[str, list[tuple[str, str]]] = {
+#: Folder of the shipped demo zoo's weights (inside the installed package).
+DEMO_WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "demo" / "weights"
+#: Architecture of the demo zoo (an import path: see ``arch=`` in :mod:`zootune.zoo.spec`).
+DEMO_ARCH = "zootune.demo.model:MiniCNN"
+#: Members of the ``demo`` preset (``zootune.demo.zoo.DEFAULT_ZOO``), in order.
+DEMO_MEMBERS = ("base", "latin", "greek", "cyrillic", "numerals")
+
+ZOO_PRESETS: dict[str, list[tuple[str, str]]] = {
     "paper-resnet50": _PAPER,
     "paper-resnet50-mocov2": [
         (n, f"url:{MOCO_V2_URL} arch=torchvision:resnet50" if n == "moco" else s)
         for n, s in _PAPER
+    ],
+    "demo": [
+        (n, f"file:{DEMO_WEIGHTS_DIR / (n + '.safetensors')} arch={DEMO_ARCH}")
+        for n in DEMO_MEMBERS
     ],
 }
 
@@ -65,13 +89,15 @@ PRESETS: dict[str, list[tuple[str, str]]] = {
 PRESET_DEFAULTS: dict[str, dict[str, object]] = {
     "paper-resnet50": {"strip_heads": True},
     "paper-resnet50-mocov2": {"strip_heads": True},
+    "demo": {"strip_heads": True},
 }
 
 
 def preset_names() -> list[str]:
-    return sorted(PRESETS)
+    """Names of the zoo presets, sorted."""
+    return sorted(ZOO_PRESETS)
 
 
 def expand_preset(name: str) -> list[tuple[str, str]] | None:
     """``[(member name, spec), ...]`` for a preset name (``_`` and ``-`` both accepted)."""
-    return PRESETS.get(name.strip().replace("_", "-").lower())
+    return ZOO_PRESETS.get(name.strip().replace("_", "-").lower())

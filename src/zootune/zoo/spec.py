@@ -14,29 +14,43 @@ Grammar (one member)::
 - ``hf:ORG/REPO[@REVISION]:FILE`` -- one checkpoint file of a hub repo, loaded into ``arch=``;
 - ``file:PATH`` -- a local ``.safetensors`` / ``.pt`` / ``.pth`` / ``.bin`` / ``.tar``
   checkpoint, loaded into ``arch=``;
-- ``url:URL`` -- a checkpoint downloaded once into torch's hub cache, loaded into ``arch=``.
+- ``url:URL`` -- a checkpoint downloaded once into torch's hub cache, loaded into ``arch=``;
+- ``random:ARCH`` -- a randomly initialised model of ``ARCH`` (same forms as ``arch=``), built
+  under ``torch.manual_seed(seed)`` inside ``torch.random.fork_rng``: its weights depend only on
+  (ARCH, kwargs, seed) and the caller's random state is left untouched. Default name
+  ``random{seed}``. For smoke tests and the ``scratch`` baseline.
 
 Options after the target, separated by spaces: ``arch=`` (the architecture a raw checkpoint is
 loaded into: ``resnet50``, ``torchvision:resnet50``, ``timm:resnet50``, or the import path
 of a model builder, ``package.module:callable``, e.g. ``zootune.demo.model:MiniCNN``), ``name=`` (a short
-name used in reports), ``strict=false`` (allow trunk keys missing from a checkpoint). A spec
-may also be given as a mapping ``{"spec": "file:a.pth", "arch": "resnet50", "name": "a"}``
-(handy in YAML when a path holds spaces). A bare path to an existing checkpoint file is read as
-``file:PATH``.
+name used in reports), ``strict=false`` (allow trunk keys missing from a checkpoint), ``seed=N``
+(``random:`` only; default 0). A spec may also be given as a mapping ``{"spec": "file:a.pth",
+"arch": "resnet50", "name": "a"}`` (handy in YAML when a path holds spaces); a mapping may add
+``kwargs: {...}``, keyword arguments for the architecture builder (``arch=`` or the target of
+``random:``), e.g. ``{"spec": "file:a.safetensors", "arch": "zootune.models:small_cnn",
+"kwargs": {"widths": [4, 8], "norm": "group"}}``. A bare path to an existing checkpoint file
+is read as ``file:PATH``.
 """
 
 from __future__ import annotations
 
 import difflib
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping
 
 from zootune.zoo.errors import ZooSpecError
 
-KINDS = ("timm", "torchvision", "torchvision-backbone", "hf", "file", "url")
-OPTIONS = ("arch", "name", "strict")
+KINDS = ("timm", "torchvision", "torchvision-backbone", "hf", "file", "url", "random")
+#: Options of the text form (``key=value`` after the target).
+OPTIONS = ("arch", "name", "strict", "seed")
+#: Keys a mapping-form spec may hold besides ``spec``.
+MAPPING_OPTIONS = OPTIONS + ("kwargs",)
+#: Options that ``parse_spec(..., **overrides)`` may fill in.
+OVERRIDES = ("arch", "name", "strict")
+#: Kinds that build their model with the ``arch=`` builder (and so accept ``kwargs``).
+ARCH_KINDS = ("file", "url", "random")
 CHECKPOINT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".tar", ".ckpt")
 
 _TRUE = {"1", "true", "yes", "on"}
@@ -47,8 +61,11 @@ _FALSE = {"0", "false", "no", "off"}
 class ZooSpec:
     """One parsed zoo member spec.
 
-    ``target`` is the model name, path, repo id or URL; ``weights`` the torchvision weights
-    name or the file inside a hub repo (``None`` when not given); ``revision`` a hub revision.
+    ``target`` is the model name, path, repo id, URL or (``random:``) architecture; ``weights``
+    the torchvision weights name or the file inside a hub repo (``None`` when not given);
+    ``revision`` a hub revision; ``arch`` the architecture a checkpoint is loaded into (for
+    ``random:`` the target itself); ``kwargs`` keyword arguments of that architecture's
+    builder; ``seed`` the seed of a ``random:`` model (``None``: 0).
     """
 
     kind: str
@@ -59,12 +76,20 @@ class ZooSpec:
     name: str | None = None
     strict: bool = True
     text: str = ""
+    kwargs: dict[str, Any] = field(default_factory=dict, hash=False)
+    seed: int | None = None
+
+    def uses_arch(self) -> bool:
+        """Whether the model is built by the ``arch`` builder (so ``kwargs`` apply)."""
+        return self.kind in ARCH_KINDS or (self.kind == "hf" and self.weights is not None)
 
     @property
     def label(self) -> str:
         """Short name for reports: ``name=`` if given, else derived from the target."""
         if self.name:
             return self.name
+        if self.kind == "random":
+            return f"random{self.seed or 0}"
         if self.kind in ("file", "url"):
             base = self.target.rstrip("/").rsplit("/", 1)[-1]
             for suffix in CHECKPOINT_SUFFIXES:
@@ -101,40 +126,67 @@ def parse_spec(spec: str | Mapping[str, Any] | ZooSpec, **overrides: Any) -> Zoo
         if "spec" not in data:
             raise ZooSpecError(f"zoo spec mapping {data!r} needs a 'spec' key")
         base = _parse_text(str(data.pop("spec")))
-        unknown = sorted(set(data) - set(OPTIONS))
+        unknown = sorted(set(data) - set(MAPPING_OPTIONS))
         if unknown:
             raise ZooSpecError(
-                f"zoo spec {spec!r}: unknown option(s) {unknown}; valid: {list(OPTIONS)}"
+                f"zoo spec {spec!r}: unknown option(s) {unknown}; valid: {list(MAPPING_OPTIONS)}"
             )
         strict = data.get("strict", base.strict)
         if isinstance(strict, str):
             strict = _parse_bool("strict", strict, str(spec))
+        kwargs = data.get("kwargs") or {}
+        if not isinstance(kwargs, Mapping) or not all(isinstance(k, str) for k in kwargs):
+            raise ZooSpecError(f"zoo spec {spec!r}: kwargs must be a mapping of keyword "
+                               f"arguments, got {kwargs!r}")
+        text = base.text
+        if base.kind == "random" and data.get("arch") is not None:
+            raise ZooSpecError(_random_arch_message(base.text))
+        # Options given as keys are appended to the text, so that the text (what reports and
+        # Zoo.specs show) names the architecture and seed; each may be given once only.
+        seed, arch = base.seed, base.arch
+        if data.get("seed") is not None:
+            if base.seed is not None:
+                raise ZooSpecError(f"zoo spec {spec!r}: seed given twice")
+            seed = _parse_seed(str(data["seed"]), base.text)
+            text += f" seed={seed}"
+        if data.get("arch") is not None:
+            if base.arch is not None:
+                raise ZooSpecError(f"zoo spec {spec!r}: arch given twice")
+            arch = str(data["arch"])
+            text += f" arch={arch}"
         parsed = ZooSpec(
             kind=base.kind,
             target=base.target,
             weights=base.weights,
             revision=base.revision,
-            arch=data.get("arch", base.arch),
+            arch=arch,
             name=data.get("name", base.name),
             strict=bool(strict),
-            text=base.text,
+            text=text,
+            kwargs=dict(kwargs),
+            seed=seed,
         )
     else:
         parsed = _parse_text(str(spec))
     if overrides:
         changes = {k: v for k, v in overrides.items() if v is not None}
-        unknown = sorted(set(changes) - set(OPTIONS))
+        unknown = sorted(set(changes) - set(OVERRIDES))
         if unknown:
-            raise ZooSpecError(f"unknown spec option(s) {unknown}; valid: {list(OPTIONS)}")
-        values = {
-            "arch": parsed.arch or changes.get("arch"),
-            "name": parsed.name or changes.get("name"),
-            "strict": parsed.strict if "strict" not in changes else bool(changes["strict"]),
-        }
-        parsed = ZooSpec(
-            parsed.kind, parsed.target, parsed.weights, parsed.revision,
-            values["arch"], values["name"], values["strict"], parsed.text,
+            raise ZooSpecError(f"unknown spec option(s) {unknown}; valid: {list(OVERRIDES)}")
+        parsed = replace(
+            parsed,
+            arch=parsed.arch or changes.get("arch"),
+            name=parsed.name or changes.get("name"),
+            strict=parsed.strict if "strict" not in changes else bool(changes["strict"]),
         )
+    if parsed.kwargs and not parsed.uses_arch():
+        raise ZooSpecError(
+            f"zoo spec {parsed.text!r}: kwargs are passed to the arch= builder, and a "
+            f"{parsed.kind}: spec builds its model itself; use kwargs with file:, url:, "
+            f"hf:ORG/REPO:FILE or random:"
+        )
+    if parsed.seed is not None and parsed.kind != "random":
+        raise ZooSpecError(f"zoo spec {parsed.text!r}: seed= is an option of random: specs only")
     if parsed.kind in ("file", "url") and not parsed.arch:
         raise ZooSpecError(
             f"zoo spec {parsed.text!r}: a raw checkpoint needs arch= naming the architecture "
@@ -171,6 +223,7 @@ def _parse_text(text: str) -> ZooSpec:
             f"zoo spec {text!r}: expected key=value options after the target, got {extra!r}"
         )
     strict = _parse_bool("strict", options["strict"], text) if "strict" in options else True
+    seed = _parse_seed(options["seed"], text) if "seed" in options else None
     kind, colon, rest = head.partition(":")
     if not colon or kind not in KINDS:
         if Path(head).suffix in CHECKPOINT_SUFFIXES and Path(head).is_file():
@@ -195,21 +248,42 @@ def _parse_text(text: str) -> ZooSpec:
             )
     elif kind == "url" and "://" not in rest:
         raise ZooSpecError(f"zoo spec {text!r}: expected url:https://..., got {rest!r}")
+    arch = options.get("arch")
+    if kind == "random":
+        if arch is not None:
+            raise ZooSpecError(_random_arch_message(text))
+        arch = rest
     return ZooSpec(
         kind=kind,
         target=target,
         weights=weights,
         revision=revision,
-        arch=options.get("arch"),
+        arch=arch,
         name=options.get("name"),
         strict=strict,
         text=text,
+        seed=seed,
     )
+
+
+def _parse_seed(value: str, text: str) -> int:
+    try:
+        seed = int(value)
+    except ValueError:
+        raise ZooSpecError(f"zoo spec {text!r}: seed={value!r} is not an integer") from None
+    if seed < 0:
+        raise ZooSpecError(f"zoo spec {text!r}: seed={seed} must be >= 0")
+    return seed
+
+
+def _random_arch_message(text: str) -> str:
+    return (f"zoo spec {text!r}: a random: spec names its architecture after 'random:' "
+            f"(e.g. 'random:resnet18 seed=0'); arch= is not used")
 
 
 def _unknown_kind_message(text: str, head: str, kind: str | None) -> str:
     forms = "timm:NAME, torchvision:MODEL[:WEIGHTS], torchvision-backbone:MODEL[:WEIGHTS], " \
-        "hf:ORG/REPO, file:PATH arch=ARCH, url:URL arch=ARCH, or a preset"
+        "hf:ORG/REPO, file:PATH arch=ARCH, url:URL arch=ARCH, random:ARCH [seed=N], or a preset"
     if kind is not None:
         close = difflib.get_close_matches(kind, KINDS, n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
