@@ -135,7 +135,7 @@ def build_independent_zoo(out: Path, log=print) -> list[Path]:
     from zootune.config import build_config
     from zootune.demo.data import domain_chars, glyph_splits
     from zootune.demo.model import MiniCNN
-    from zootune.tasks.classification import ClassificationTask
+    from zootune.tasks import build_task
     from zootune.train import fit
 
     out.mkdir(parents=True, exist_ok=True)
@@ -151,9 +151,9 @@ def build_independent_zoo(out: Path, log=print) -> list[Path]:
         data = glyph_splits(domain, r["n_train"], seed=seed)
         torch.manual_seed(seed)
         model = MiniCNN(len(domain_chars(domain)))
-        task = ClassificationTask(data.num_classes, head="head", head_seed=seed)
+        task = build_task({"name": "classification", "head": "head"}, data=data, seed=seed)
         cfg = build_config({
-            "preset": "adam", "method": "finetune",
+            "recipe": "adam", "method": "finetune",
             "optim": {"name": "adam", "lr": r["lr"]},
             "schedule": {"name": "cosine", "warmup_steps": r["warmup_steps"]},
             "train": {"steps": r["steps"], "batch_size": r["batch_size"], "eval_every": 0,
@@ -163,24 +163,31 @@ def build_independent_zoo(out: Path, log=print) -> list[Path]:
         res = fit(model, task, data, cfg, out_dir=None, report=False)
         state = {key: v.detach().half().contiguous() if v.is_floating_point() else v.detach().contiguous()
                  for key, v in res.model.cpu().state_dict().items()}
-        tmp = path.with_suffix(".tmp")
-        save_file(state, str(tmp), metadata={"format": "pt", "preprocessing": json.dumps(PREPROCESSING),
-                                             "domain": domain, "seed": str(seed),
-                                             "test_accuracy": f"{res.metrics['test']['accuracy']:.4f}"})
-        tmp.replace(path)
+        from zootune.atomic import atomic_write
+
+        meta = {"format": "pt", "preprocessing": json.dumps(PREPROCESSING), "domain": domain,
+                "seed": str(seed), "test_accuracy": f"{res.metrics['test']['accuracy']:.4f}"}
+        atomic_write(path, lambda tmp: save_file(state, tmp, metadata=meta))
         log(f"  built independent/{name} ({domain}): source test accuracy "
             f"{res.metrics['test']['accuracy']:.3f} in {time.perf_counter() - t0:.0f}s")
     return paths
 
 
 def load_zoo(zoo: str, smoke: bool = False, demo_weights: str | None = None):
-    """``(zootune.train.Zoo, {member: source domain})`` of a benchmark zoo."""
-    from zootune.train import Zoo
+    """``(zootune.zoo.Zoo, {member: source domain})`` of a benchmark zoo. Every member keeps its
+    own source head (LEEP and NCE read it), so the heads differ: the members are loaded one by
+    one, not as one aggregatable zoo."""
+    from zootune.zoo import Zoo
 
     if zoo == "demo":
-        from zootune.demo.zoo import DEFAULT_ZOO, WEIGHTS_DIR, load_demo_zoo
+        from zootune.demo.zoo import DEFAULT_ZOO, WEIGHTS_DIR, load_member, read_manifest
 
-        z = load_demo_zoo(DEFAULT_ZOO, demo_weights or WEIGHTS_DIR)
+        wd = demo_weights or WEIGHTS_DIR
+        members = {m["name"]: m for m in read_manifest(wd)["members"]}
+        names = list(DEFAULT_ZOO)
+        info = {"members": {n: {k: members[n][k] for k in ("domain", "init", "source_accuracy")
+                                if k in members[n]} for n in names}}
+        z = Zoo([load_member(members[n], wd) for n in names], names, info=info)
         domains = {n: z.info["members"][n]["domain"] for n in z.names}
         return z, domains
     if zoo == "independent":
@@ -189,14 +196,15 @@ def load_zoo(zoo: str, smoke: bool = False, demo_weights: str | None = None):
         paths = build_independent_zoo(CACHE / ("independent_smoke" if smoke else "independent"))
         specs = [f"file:{p} arch=zootune.demo.model:MiniCNN name={p.stem}" for p in paths]
         models = [load(s) for s in specs]
-        z = Zoo(models, [p.stem for p in paths], models[0].zootune_preprocessing, {"spec": specs})
+        z = Zoo(models, [p.stem for p in paths], preprocessing=models[0].zootune_preprocessing,
+                info={"spec": specs})
         return z, dict(INDEPENDENT_DOMAINS)
     raise SystemExit(f"unknown zoo {zoo!r}")
 
 
 def zoo_fingerprint(z) -> str:
     h = hashlib.sha256()
-    for m in z.models:
+    for m in z:
         for k, v in sorted(m.state_dict().items()):
             h.update(k.encode())
             h.update(v.detach().cpu().float().numpy().tobytes())
@@ -209,11 +217,10 @@ def zoo_fingerprint(z) -> str:
 def finetune_cell(z, source: int, target: str, seed: int, recipe: dict[str, Any]) -> dict[str, Any]:
     """Fine-tune zoo member ``source`` alone on ``target`` (the trainer's ``finetune`` method)."""
     from zootune.config import build_config
-    from zootune.tasks import build_task
-    from zootune.train import build_method_model, fit
+    from zootune.train import build_run, fit
 
     cfg = build_config({
-        "preset": "adam", "method": "finetune", "source": source,
+        "recipe": "adam", "method": {"name": "finetune", "source": source},
         "data": {**TARGETS[target], "seed": recipe["data_seed"]},
         "optim": {"name": "adam", "lr": recipe["lr"]},
         "schedule": {"name": "cosine", "warmup_steps": recipe["warmup_steps"]},
@@ -224,10 +231,8 @@ def finetune_cell(z, source: int, target: str, seed: int, recipe: dict[str, Any]
     })
     t0 = time.perf_counter()
     data = target_splits(target, z.preprocessing, seed=recipe["data_seed"], augment=True)
-    task = build_task(cfg.task, data.num_classes)
-    task.head_seed = seed
-    model = build_method_model(cfg, task, z)
-    res = fit(model, task, data, cfg, out_dir=None, report=False)
+    run = build_run(cfg, zoo=z, data=data)  # the head seed is train.seed = seed, as before
+    res = fit(run.model, run.task, data, cfg, out_dir=None, method=run.method, report=False)
     if res.interrupted:
         raise KeyboardInterrupt
     return {"test_accuracy": float(res.metrics["test"]["accuracy"]),
@@ -254,7 +259,7 @@ def score_cell(z, domains: dict[str, str], target: str, recipe: dict[str, Any]) 
     probe = probe_features(inputs, dataset_labels(train)[idx], seed=seed)
     out: dict[str, Any] = {"samples": int(len(idx)), "probe_seconds": time.perf_counter() - t0,
                            "members": {}}
-    for name, model in zip(z.names, z.models):
+    for name, model in zip(z.names, z):
         t1 = time.perf_counter()
         ex = extract(model, train, indices=idx, gradients=True, seed=seed)
         t_ex = time.perf_counter() - t1

@@ -15,7 +15,8 @@ from zootune.train import build_run, fit
 cfg = load_config(sys.argv[1])
 out = Path(sys.argv[2])
 run = build_run(cfg)
-res = fit(run.model, run.task, run.data, cfg, out, run_info=run.info())  # report: all ranks count FLOPs
+res = fit(run.model, run.task, run.data, cfg, out, method=run.method, run_info=run.info(),
+          record=run.record())  # report: all ranks count FLOPs
 rank = int(os.environ.get("RANK", "0"))
 state = {k: v.detach().cpu().clone() for k, v in res.model.state_dict().items()}
 torch.save({"state": state, "metrics": res.metrics}, out / f"rank{rank}.pt")

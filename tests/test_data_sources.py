@@ -1,4 +1,4 @@
-"""Data: digits splits, seeded augmentation, image folders and their errors."""
+"""Data: digits splits, seeded augmentation, dict samples, image folders and their errors."""
 
 from __future__ import annotations
 
@@ -26,7 +26,9 @@ def test_digits_split_is_deterministic_disjoint_and_stratified():
     assert not np.array_equal(a.train.indices, _digits(seed=4).train.indices)
     counts = np.bincount(a.test.targets, minlength=10)
     assert counts.min() >= 30 and counts.max() <= 40  # ~20% of each class (~180 per class)
-    x, y = a.test[0]
+    sample = a.test[0]
+    assert isinstance(sample, dict) and set(sample) == {"image", "label"}
+    x, y = sample["image"], sample["label"]
     assert x.shape == (1, 8, 8) and 0.0 <= float(x.min()) and float(x.max()) <= 1.0 and 0 <= y < 10
 
 
@@ -38,11 +40,12 @@ def test_labels_per_class_keeps_exactly_k_training_labels():
 
 def test_seeded_augmentation_is_a_function_of_the_key():
     d = _digits(image_size=16, channels=3)
-    x1, _ = d.train[(0, 123)]
-    x2, _ = d.train[(0, 123)]
-    x3, _ = d.train[(0, 124)]
+    x1 = d.train[(0, 123)]["image"]
+    x2 = d.train[(0, 123)]["image"]
+    x3 = d.train[(0, 124)]["image"]
     assert x1.shape == (3, 16, 16)
     assert torch.equal(x1, x2) and not torch.equal(x1, x3)
+    assert d.train[(0, 123)]["label"] == d.train[(0, 124)]["label"] == d.train[0]["label"]
     state = torch.get_rng_state()
     d.train[(1, 5)]
     assert torch.equal(state, torch.get_rng_state())  # the global RNG is left alone
@@ -64,7 +67,8 @@ def test_image_folder_split_fraction_and_explicit_splits(tmp_path):
     d = build_data(DataConfig(name="image_folder", root=str(tmp_path / "pool"), image_size=8,
                               val_fraction=0.2, test_fraction=0.2))
     assert d.classes == ["cat", "dog"] and (len(d.train), len(d.val), len(d.test)) == (12, 4, 4)
-    x, y = d.train[(0, 1)]
+    sample = d.train[(0, 1)]
+    x, y = sample["image"], sample["label"]
     assert x.shape == (3, 8, 8) and y in (0, 1)
 
     _make_folder(tmp_path / "split" / "train", n=6)
@@ -121,3 +125,26 @@ def test_unreadable_folder_via_access_check(tmp_path, monkeypatch):
     monkeypatch.setattr(os, "access", lambda p, m: False if str(p).endswith("/u") else real(p, m))
     with pytest.raises(DataError, match="not readable"):
         build_data(DataConfig(name="image_folder", root=str(tmp_path / "u")))
+
+
+def test_samples_are_dicts_and_pairs_become_samples():
+    from torch.utils.data import DataLoader
+
+    from zootune.data.base import TransformedDataset
+    from zootune.data.sample import as_sample, collate_samples
+
+    x = torch.zeros(1, 2, 2)
+    assert as_sample((x, 3)) == {"image": x, "label": 3}
+    d = {"image": x, "keypoints": torch.ones(2)}
+    assert as_sample(d) == d and as_sample(d) is not d
+    with pytest.raises(TypeError, match="dict of fields or an \\(input, target\\) pair"):
+        as_sample(x)
+    # any (x, y) data set plugs in; a transform of the input alone leaves the label alone
+    pairs = [(torch.full((1, 2, 2), float(i)), i) for i in range(4)]
+    ds = TransformedDataset(pairs, indices=[1, 3], transform=lambda im: im + 10)
+    assert len(ds) == 2
+    s = ds[1]
+    assert s["label"] == 3 and torch.equal(s["image"], torch.full((1, 2, 2), 13.0))
+    batch = next(iter(DataLoader(ds, batch_size=2, collate_fn=collate_samples)))
+    assert batch["image"].shape == (2, 1, 2, 2) and batch["label"].tolist() == [1, 3]
+    assert collate_samples(pairs[:2])["label"].tolist() == [0, 1]

@@ -27,6 +27,12 @@ def test_demo_quick_writes_results(tmp_path, capsys):
     assert methods["exported_lite"]["params"] == methods[f"finetune_{best}"]["params"]
     for f in ("report.md", "gates.png", "exported_lite.safetensors"):
         assert (out / f).stat().st_size > 0, f
+    # the exported model is a plain state dict in the one model format (zootune.save)
+    from zootune.export import read_metadata
+
+    meta = read_metadata(out / "exported_lite.safetensors")
+    assert meta["kind"] == "plain" and meta["extra"]["architecture"] == "zootune.demo.model:MiniCNN"
+    assert meta["extra"]["num_classes"] >= 2
 
 
 def test_demo_rejects_bad_budget(capsys):

@@ -127,9 +127,14 @@ def test_target_splits_mix_digits_and_held_apart_greek():
     assert d.num_classes == 20 and len(d.train) == 60
     assert np.array_equal(np.bincount(d.train.targets, minlength=20), np.full(20, 3))
     assert set(np.unique(d.test.targets)) == set(range(20))
-    x, y = d.train[(0, 123)]
+    from zootune.data.sample import as_sample
+
+    def image(item):  # data sets may give (input, target) pairs or sample dicts
+        return as_sample(item)["image"]
+
+    x = image(d.train[(0, 123)])
     assert x.shape == (1, RESOLUTION, RESOLUTION)
-    assert torch.equal(d.train[(0, 123)][0], x) and not torch.equal(d.train[(0, 124)][0], x)
+    assert torch.equal(image(d.train[(0, 123)]), x) and not torch.equal(image(d.train[(0, 124)]), x)
     d2 = target_splits(labels_per_class=3, seed=1)
-    assert torch.equal(d2.test[5][0], d.test[5][0])
+    assert torch.equal(image(d2.test[5]), image(d.test[5]))
     assert d.info["train"] + d.info["val"] + d.info["test"] < 1797 + 1800

@@ -104,6 +104,36 @@ def test_extract_zoo_uses_one_subset_for_all_models_and_dataset_input(tmp_path):
     assert not np.allclose(out["a"].features, out["b"].features)
 
 
+class _DictSamples(torch.utils.data.Dataset):
+    """A data set of sample dicts, as zootune's data sets return them."""
+
+    def __init__(self, x, y):
+        self.x, self.y = x, y
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, i):
+        return {"image": self.x[i], "label": self.y[i]}
+
+
+def test_dict_samples_extract_exactly_like_pairs(tmp_path):
+    from zootune.select.features import data_fingerprint, dataset_labels
+
+    x, y = _data(30)
+    pairs = torch.utils.data.TensorDataset(x, y)
+    dicts = _DictSamples(x, y)
+    assert (dataset_labels(dicts) == y.numpy()).all()
+    model = _cnn(3)
+    a = extract(model, pairs, max_per_class=4, seed=1, gradients=True)
+    b = extract(model, dicts, max_per_class=4, seed=1, gradients=True, cache_dir=tmp_path)
+    assert (a.indices == b.indices).all() and (a.labels == b.labels).all()
+    np.testing.assert_allclose(a.features, b.features, atol=1e-6)
+    np.testing.assert_allclose(a.gradients, b.gradients, atol=1e-6)
+    assert data_fingerprint(pairs, a.indices) == data_fingerprint(dicts, a.indices)
+    assert extract(model, dicts, max_per_class=4, seed=1, gradients=True, cache_dir=tmp_path).cached
+
+
 @pytest.mark.slow
 def test_torchvision_resnet_extraction():
     torchvision = pytest.importorskip("torchvision")

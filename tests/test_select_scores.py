@@ -291,3 +291,15 @@ def test_errors_for_pairwise_scores():
         rsa(f, bad)
     with pytest.raises(ScoreInputError, match="NaN or Inf"):
         logme(f, np.where(np.arange(20) == 3, np.nan, 1.0), regression=True)
+
+
+def test_scores_do_not_import_the_trainer_methods_or_commands():
+    """The scores stand alone (zootune.select docstring): importing them loads no trainer."""
+    import subprocess
+    import sys
+
+    code = ("import sys, zootune.select, zootune.select.features, zootune.select.ranking; "
+            "bad = [m for m in sys.modules if m.startswith(('zootune.train', 'zootune.methods', "
+            "'zootune.commands'))]; print(bad); sys.exit(1 if bad else 0)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr[-2000:]

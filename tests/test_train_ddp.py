@@ -3,6 +3,7 @@ temporal-ensemble state is identical on every rank."""
 
 from __future__ import annotations
 
+import json
 import socket
 import subprocess
 import sys
@@ -43,12 +44,16 @@ def test_two_gloo_ranks_equal_one_process(tmp_path):
     assert r0["metrics"] == r1["metrics"]
     # rank 0 alone wrote the run folder
     assert (out / "model.safetensors").is_file() and (out / "metrics.jsonl").is_file()
+    assert json.loads((out / "result.json").read_text())["world_size"] == 2
+    import zootune  # the run's model file carries its record: it loads with no template
+
+    assert_same_state({k: v.detach() for k, v in zootune.load(out).state_dict().items()}, r0["state"])
     report = (out / "report.md").read_text()  # written after a collective FLOP count
     assert "## Cost" in report and "failed" not in report
 
     cfg = build_config(raw)
     run = build_run(cfg)
-    single = fit(run.model, run.task, run.data, cfg, None, report=False)
+    single = fit(run.model, run.task, run.data, cfg, None, method=run.method, report=False)
     ref = {k: v.detach() for k, v in single.model.state_dict().items()}
     assert_same_state(r0["state"], ref, atol=1e-5)
     moved = [k for k in te if k.endswith("accumulator")]

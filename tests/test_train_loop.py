@@ -37,6 +37,12 @@ def test_select_best_restores_the_best_validation_weights(tmp_path):
     assert again["accuracy"] == pytest.approx(best["accuracy"])
     assert res.metrics["val"]["accuracy"] == pytest.approx(best["accuracy"])
     assert (tmp_path / "r" / "best.safetensors").is_file()
+    # best/final model files carry the run record: they load without a template
+    import zootune
+
+    best_model = zootune.load(tmp_path / "r" / "best.safetensors")
+    assert_same_state(best_model.state_dict(), {k: v.cpu() for k, v in res.model.state_dict().items()})
+    assert evaluate(best_model, run.task, run.data.val)["accuracy"] == pytest.approx(best["accuracy"])
 
 
 def test_divergence_is_a_clear_error():

@@ -169,3 +169,20 @@ def test_trainer_records_gate_statistics_only_in_training_forwards(tmp_path):
     for layer_name in layers:
         key = f"model.{layer_name}.te.accumulator"
         assert torch.equal(before[key], after[key])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("method", ["finetune", "zoo_tuning", "zoo_tuning_lite"])
+def test_cuda_path(tmp_path, method):
+    """Where a GPU exists: the loop, AMP and metrics on the device, resumable, loadable."""
+    cfg = build_config(tiny_raw(method=method, train={
+        "steps": 8, "batch_size": 16, "eval_every": 4, "log_every": 2, "checkpoint_every": 4,
+        "threads": 1, "progress": False, "tensorboard": False, "device": "cuda", "amp": "auto"}))
+    run = build_run(cfg)
+    res = fit(run.model, run.task, run.data, cfg, tmp_path / "r", method=run.method,
+              record=run.record())
+    assert next(res.model.parameters()).is_cuda
+    assert 0.0 <= res.metrics["test"]["accuracy"] <= 1.0
+    import zootune
+
+    assert isinstance(zootune.load(tmp_path / "r"), type(res.model))

@@ -55,9 +55,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_presets(args: argparse.Namespace) -> int:
-    from zootune.zoo.presets import PRESETS
+    from zootune.zoo.presets import ZOO_PRESETS
 
-    for name, members in sorted(PRESETS.items()):
+    for name, members in sorted(ZOO_PRESETS.items()):
         print(f"{name}:")
         for n, spec in members:
             print(f"  {n:<14} {spec}")
@@ -77,7 +77,7 @@ def run_inspect(args: argparse.Namespace) -> int:
     import warnings
 
     from zootune.errors import ZootuneError
-    from zootune.zoo.builders import head_name
+    from zootune.zoo import find_head
     from zootune.zoo.cache import Context
     from zootune.zoo.load import unique_names, check_same_architecture, expand_specs, load, strip_head
     from zootune.zoo.preprocess import disagreements, preprocessing_of
@@ -100,7 +100,7 @@ def run_inspect(args: argparse.Namespace) -> int:
             print(f"  error: {exc}")
             report["members"].append({"name": label, "spec": spec.text, "error": str(exc)})
             continue
-        head = head_name(m)
+        head = find_head(m)
         total, trunk = _count(m, head)
         pre = preprocessing_of(m)
         rep = m.zootune_load_report
@@ -119,7 +119,9 @@ def run_inspect(args: argparse.Namespace) -> int:
         names.append(label)
 
     print()
-    verdict = _zoo_verdict(models, names, check_same_architecture, strip_head, copy)
+    verdict = _zoo_verdict(  # parameter names and shapes decide (timm and torchvision may mix)
+        models, names, lambda ms, ns, hint_heads: check_same_architecture(
+            ms, ns, hint_heads=hint_heads, modules=False), strip_head, copy)
     print(f"one zoo?        {verdict['text']}")
     report["zoo"]["compatible"] = verdict
     if len(models) >= 2:
@@ -129,7 +131,7 @@ def run_inspect(args: argparse.Namespace) -> int:
         report["zoo"]["preprocessing_differences"] = diffs
     rel_models = verdict.get("models")
     if rel_models is not None and len(rel_models) >= 2:
-        heads = [h for h in {head_name(m) for m in rel_models} if h]
+        heads = [h for h in {find_head(m) for m in rel_models} if h]
         rel = relatedness(rel_models, names, exclude_prefixes=heads)
         print(f"\nweight relatedness: per layer, each member's mean cosine similarity to the "
               f"others ({len(rel.layers)} layers; last row: median similarity to the closest "

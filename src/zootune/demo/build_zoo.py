@@ -56,7 +56,7 @@ def _config(steps: int, batch_size: int, lr: float, warmup: int, seed: int):
     from zootune.config import build_config
 
     return build_config({
-        "preset": "adam",
+        "recipe": "adam",
         "method": "finetune",
         "optim": {"name": "adam", "lr": lr, "weight_decay": 0.0},
         "schedule": {"name": "cosine", "warmup_steps": warmup},
@@ -68,11 +68,11 @@ def _config(steps: int, batch_size: int, lr: float, warmup: int, seed: int):
 
 def _train(model: MiniCNN, domain: str, recipe: dict[str, Any], seed: int, new_head: bool):
     """Fit ``model`` on glyph domain ``domain`` with the shared trainer; returns (model, splits)."""
-    from zootune.tasks.classification import ClassificationTask
+    from zootune.tasks import build_task
     from zootune.train import fit
 
     data = glyph_splits(domain, recipe["n_train"], seed=seed)
-    task = ClassificationTask(data.num_classes, head="head", head_seed=seed)
+    task = build_task({"name": "classification", "head": "head"}, data=data, seed=seed)
     if new_head:
         model = task.prepare_zoo([model])[0]
     else:
@@ -85,10 +85,10 @@ def _train(model: MiniCNN, domain: str, recipe: dict[str, Any], seed: int, new_h
 
 
 def _accuracy(model: torch.nn.Module, dataset) -> float:
-    from zootune.tasks.classification import ClassificationTask
+    from zootune.tasks import build_task
     from zootune.train import evaluate
 
-    return float(evaluate(model, ClassificationTask(1), dataset)["accuracy"])
+    return float(evaluate(model, build_task("classification"), dataset)["accuracy"])
 
 
 def _save(model: MiniCNN, path: Path) -> str:

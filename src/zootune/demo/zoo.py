@@ -62,14 +62,16 @@ def load_demo_zoo(
     names: Sequence[str] | None = DEFAULT_ZOO,
     weights_dir: str | Path = WEIGHTS_DIR,
     *,
-    strip_heads: StripHeads = False,
+    strip_heads: StripHeads = "differing",
     **load_kwargs: Any,
 ) -> Zoo:
     """The mini zoo of ``weights_dir`` as a :class:`zootune.zoo.Zoo` (``names=None``: every
     member of its manifest).
 
-    Goes through :func:`zootune.zoo.load_zoo` (``load_kwargs``: its other options). Heads are
-    kept unless ``strip_heads`` says otherwise: the caller decides. ``info["members"][name]``
+    Goes through :func:`zootune.zoo.load_zoo` (``load_kwargs``: its other options). The
+    members' source heads differ in size (each domain has its own classes), so by default they
+    are stripped (``"differing"``) and the result is one aggregatable zoo; to keep every
+    member's own head, load members one by one with :func:`load_member`. ``info["members"][name]``
     carries the manifest's ``domain``, ``init`` and ``source_accuracy``.
     """
     manifest = read_manifest(weights_dir)

@@ -248,10 +248,12 @@ class _Hooks:
             if feature_layer not in mods:
                 raise ScoreInputError(f"feature layer {feature_layer!r} not found in the model")
             self.handles.append(mods[feature_layer].register_forward_hook(self._feature_out))
-        head = last_module(model, nn.Linear)
-        self.head_name = head[0] if head else None
-        if head is not None:
-            self.handles.append(head[1].register_forward_hook(self._head))
+        from zootune.zoo import find_head
+
+        name = find_head(model)
+        self.head_name = name
+        if name is not None:
+            self.handles.append(model.get_submodule(name).register_forward_hook(self._head))
         self.conv = None
         if gradient_layer is not None:
             if gradient_layer not in mods or not isinstance(mods[gradient_layer], nn.Conv2d):

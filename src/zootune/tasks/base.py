@@ -160,8 +160,14 @@ def get(name: str) -> type[Task]:
         raise TaskError(f"unknown task {name!r}; valid tasks: {', '.join(available())}") from None
 
 
-def build_task(options: TaskOptions, data: Any = None, seed: int | None = 0) -> Task:
-    """The task for validated ``options`` (``cfg.task``), bound to ``data`` when given."""
+def build_task(options: TaskOptions | Mapping[str, Any] | str, data: Any = None,
+               seed: int | None = 0) -> Task:
+    """The task for ``options`` (``cfg.task``, or a name / mapping validated like a config's
+    ``task`` section), bound to ``data`` when given; ``seed`` seeds new head weights."""
+    if not isinstance(options, TaskOptions):
+        from zootune.config import _plugin
+
+        options = _plugin("task", options)  # type: ignore[assignment]
     task = get(options.name)(options)
     task.seed = seed
     if data is not None:

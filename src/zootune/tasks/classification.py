@@ -18,47 +18,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from zootune.errors import ZootuneError
+from zootune.errors import HeadError
 from pydantic import Field
 
 from zootune.tasks.base import Task, TaskError, TaskOptions, register
-
-_HEAD_ATTRS = ("fc", "classifier", "heads", "head", "last_linear")
-
-
-class HeadError(ZootuneError, ValueError):
-    """No classifier layer could be found (or the one named is not a Linear layer)."""
-
-
-def _name_of(model: nn.Module, module: nn.Module) -> str | None:
-    for name, m in model.named_modules():
-        if m is module:
-            return name
-    return None
-
-
-def _last_linear(model: nn.Module, prefix: str = "") -> str | None:
-    root = model.get_submodule(prefix) if prefix else model
-    if isinstance(root, nn.Linear):
-        return prefix
-    last = None
-    for name, m in root.named_modules():
-        if isinstance(m, nn.Linear):
-            last = f"{prefix}.{name}" if prefix else name
-    return last
-
-
-def _identity_head(model: nn.Module, head: str | None) -> str | None:
-    """Name of a head that was stripped to ``nn.Identity`` (e.g. ``load_zoo(strip_heads=True)``)."""
-    for name in ([head] if head else list(_HEAD_ATTRS)):
-        try:
-            m = model.get_submodule(name)
-        except AttributeError:
-            continue
-        if isinstance(m, nn.Identity):
-            return name
-    return None
-
 
 def _infer_in_features(model: nn.Module, name: str, example: torch.Tensor) -> int:
     """Width of the features entering module ``name`` (one forward pass of ``example``)."""
@@ -79,36 +42,15 @@ def _infer_in_features(model: nn.Module, name: str, example: torch.Tensor) -> in
 
 
 def find_classifier(model: nn.Module, head: str | None = None) -> str:
-    """Module name of the classifier ``nn.Linear`` of ``model``."""
-    if head is not None:
-        try:
-            m = model.get_submodule(head)
-        except AttributeError:
-            raise HeadError(f"model has no module named {head!r} (task.head)") from None
-        name = _last_linear(model, head)
-        if name is None:
-            raise HeadError(f"task.head {head!r} is a {type(m).__name__} without a Linear layer")
-        return name
-    get_classifier = getattr(model, "get_classifier", None)
-    if callable(get_classifier):  # timm
-        try:
-            clf = get_classifier()
-        except Exception:  # noqa: BLE001 - any timm quirk: fall back to attribute search
-            clf = None
-        if isinstance(clf, nn.Module):
-            name = _name_of(model, clf)
-            if name is not None:
-                found = _last_linear(model, name)
-                if found is not None:
-                    return found
-    for attr in _HEAD_ATTRS:  # torchvision and common plain models
-        m = getattr(model, attr, None)
-        if isinstance(m, nn.Module):
-            found = _last_linear(model, attr)
-            if found is not None:
-                return found
-    found = _last_linear(model)
+    """Module name of the classifier ``nn.Linear`` of ``model`` (:func:`zootune.zoo.find_head`,
+    the one head finder; ``head`` names it explicitly). :class:`HeadError` when there is none."""
+    from zootune.zoo import find_head
+
+    found = find_head(model, head)
     if found is None:
+        if head is not None:
+            raise HeadError(f"task.head {head!r} is a {type(model.get_submodule(head)).__name__} "
+                            "without a Linear layer")
         raise HeadError(f"cannot find a classifier (nn.Linear) in {type(model).__name__}; "
                         "set task.head to the name of its last layer")
     return found
@@ -125,7 +67,9 @@ def attach_head(models: Sequence[nn.Module], num_classes: int, head: str | None 
     """
     if not models:
         raise HeadError("no source models to attach a head to")
-    stripped = _identity_head(models[0], head)
+    from zootune.zoo.heads import find_stripped_head
+
+    stripped = find_stripped_head(models[0], head)
     if stripped is not None:
         if example is None:
             raise HeadError(f"the source head {stripped!r} was stripped (nn.Identity) and no "

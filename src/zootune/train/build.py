@@ -59,8 +59,12 @@ def load_run_zoo(cfg: Config, *, task: Any, method: Any, base_dir: Path | None =
 
     zc = cfg.zoo
     strip = zc.strip_heads
-    if strip is None:
-        strip = "differing" if task.replaces_heads and not method.needs_source_heads else False
+    if strip is None:  # the run decides: drop heads that differ when every head is replaced;
+        # keep them for a method that needs them; else the zoo preset's own default
+        if method.needs_source_heads:
+            strip = False
+        elif task.replaces_heads:
+            strip = "differing"
     kwargs: dict[str, Any] = {"pretrained": pretrained, "strip_heads": strip}
     if zc.offline is not None:
         kwargs["offline"] = zc.offline

@@ -31,7 +31,10 @@ import torch.nn as nn
 
 from zootune.errors import HeadError
 
-__all__ = ["HEAD_ATTRS", "find_head", "strip_head"]
+__all__ = ["HEAD_ATTRS", "STRIPPED_ATTR", "find_head", "find_stripped_head", "strip_head"]
+
+#: attribute recording which head :func:`strip_head` replaced
+STRIPPED_ATTR = "zootune_stripped_head"
 
 #: Attribute names under which torchvision and common plain models keep their classifier.
 HEAD_ATTRS = ("fc", "classifier", "heads", "head", "last_linear")
@@ -117,6 +120,7 @@ def strip_head(model: nn.Module) -> str | None:
     head = find_head(model)
     if head is None:
         return None
+    setattr(model, STRIPPED_ATTR, head)
     if hasattr(model, "reset_classifier"):
         try:
             model.reset_classifier(0)
@@ -130,3 +134,19 @@ def strip_head(model: nn.Module) -> str | None:
         model.num_features = lin.in_features  # type: ignore[assignment]
     setattr(parent, child, nn.Identity())
     return head
+
+
+def find_stripped_head(model: nn.Module, name: str | None = None) -> str | None:
+    """Name of a head that was stripped to ``nn.Identity`` (by :func:`strip_head`, which records
+    it, or by hand at ``name`` or one of the usual head attributes), or None."""
+    candidates = [name] if name else [getattr(model, STRIPPED_ATTR, None), *HEAD_ATTRS]
+    for cand in candidates:
+        if not cand:
+            continue
+        try:
+            m = model.get_submodule(cand)
+        except AttributeError:
+            continue
+        if isinstance(m, nn.Identity):
+            return cand
+    return None
