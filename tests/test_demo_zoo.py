@@ -55,14 +55,16 @@ def test_shipped_weights_form_a_valid_zoo():
     assert torch.allclose(zm(x), plain(x), atol=1e-4)
 
 
-def test_load_demo_zoo_goes_through_load_zoo_and_leaves_heads_to_the_caller():
+def test_load_demo_zoo_goes_through_load_zoo_and_strips_differing_heads():
     from zootune.zoo import ZooMismatchError
 
     manifest = {e["name"]: e for e in read_manifest()["members"]}
-    # the members' source heads differ (179, 52, ... classes): kept by default, so they cannot
-    # form one zoo until the caller strips them
+    # the members' source heads differ (179, 52, ... classes): stripped by default, so the
+    # default call is one zoo; keeping them is an error that says how to proceed
+    default = load_demo_zoo()
+    assert default.info["heads_stripped"] is True and all(isinstance(m.head, torch.nn.Identity) for m in default)
     with pytest.raises(ZooMismatchError, match="'head.weight'.*strip_heads=True"):
-        load_demo_zoo()
+        load_demo_zoo(strip_heads=False)
     zoo = load_demo_zoo(["greek", "latin"], strip_heads=True)
     assert zoo.names == ["greek", "latin"] and zoo.info["heads_stripped"] is True
     assert all(isinstance(m.head, torch.nn.Identity) for m in zoo)

@@ -5,6 +5,9 @@
 * :mod:`.align`   — channel alignment ``T_i`` (Eq. 1)
 * :mod:`.temporal_ensemble` — ``abar`` of lite mode (Eq. 4)
 * :mod:`.kernels` — exact per-sample convolution / linear kernels and their autograd function
+
+Needs only torch: must never import another zootune package (``convert`` builds models from
+these layers; the trainer, the zoo loaders and the CLI are out of its sight).
 """
 
 from .adaagg import AdaAggBase, AdaAggConv2d, AdaAggLinear

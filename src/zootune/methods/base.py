@@ -26,13 +26,14 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import nn
 
 from zootune.config import PluginOptions
 from zootune.errors import ZootuneError
+from zootune.registry import Registry
 
 if TYPE_CHECKING:  # pragma: no cover
     from zootune.config import Config
@@ -151,42 +152,14 @@ class Method:
 
 # ---- registry -------------------------------------------------------------------------------
 
-_REGISTRY: dict[str, type[Method]] = {}
+_REGISTRY: Registry[type[Method]] = Registry("method", Method, MethodOptions, MethodError)
 
-M = TypeVar("M", bound=type[Method])
-
-
-def register(name: str) -> Callable[[M], M]:
-    """Class decorator: make ``method: NAME`` in a config build this method."""
-
-    def deco(cls: M) -> M:
-        if not (isinstance(cls, type) and issubclass(cls, Method)):
-            raise TypeError(f"@register({name!r}) expects a Method subclass, got {cls!r}")
-        if not issubclass(cls.Options, MethodOptions):
-            raise TypeError(f"{cls.__name__}.Options must subclass zootune.methods.MethodOptions")
-        if "Options" not in cls.__dict__:  # inherited options: a class of its own for this name
-            from pydantic import create_model
-
-            cls.Options = create_model(f"{cls.__name__}Options", __base__=cls.Options)
-        cls.name = name
-        cls.Options.plugin_name = name  # type: ignore[attr-defined]  (named in config errors)
-        _REGISTRY[name] = cls
-        return cls
-
-    return deco
-
-
-def available() -> list[str]:
-    """Names of the registered methods (what ``method:`` in a config may say)."""
-    return sorted(_REGISTRY)
-
-
-def get(name: str) -> type[Method]:
-    """The method class registered as ``name``."""
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise MethodError(f"unknown method {name!r}; valid methods: {', '.join(available())}") from None
+#: Class decorator: make ``method: NAME`` in a config build this method.
+register = _REGISTRY.register
+#: Names of the registered methods (what ``method:`` in a config may say).
+available = _REGISTRY.available
+#: The method class registered as a name.
+get = _REGISTRY.get
 
 
 def build_method(options: MethodOptions) -> Method:

@@ -16,13 +16,14 @@ Register a task with :func:`register`; ``task: {name: NAME, ...options}`` in a c
 
 from __future__ import annotations
 
-from typing import Any, Callable, ClassVar, Mapping, Sequence, TypeVar
+from typing import Any, ClassVar, Mapping, Sequence
 
 import torch
 from torch import nn
 
 from zootune.config import PluginOptions
 from zootune.errors import ZootuneError
+from zootune.registry import Registry
 
 
 class TaskError(ZootuneError, ValueError):
@@ -125,39 +126,14 @@ class Task:
 
 # ---- registry -------------------------------------------------------------------------------
 
-_REGISTRY: dict[str, type[Task]] = {}
+_REGISTRY: Registry[type[Task]] = Registry("task", Task, TaskOptions, TaskError)
 
-T = TypeVar("T", bound=type[Task])
-
-
-def register(name: str) -> Callable[[T], T]:
-    """Class decorator: make ``task: NAME`` in a config build this task."""
-
-    def deco(cls: T) -> T:
-        if not (isinstance(cls, type) and issubclass(cls, Task)):
-            raise TypeError(f"@register({name!r}) expects a Task subclass, got {cls!r}")
-        if "Options" not in cls.__dict__:
-            from pydantic import create_model
-
-            cls.Options = create_model(f"{cls.__name__}Options", __base__=cls.Options)
-        cls.name = name
-        cls.Options.plugin_name = name  # type: ignore[attr-defined]
-        _REGISTRY[name] = cls
-        return cls
-
-    return deco
-
-
-def available() -> list[str]:
-    """Names of the registered tasks (what ``task:`` in a config may say)."""
-    return sorted(_REGISTRY)
-
-
-def get(name: str) -> type[Task]:
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise TaskError(f"unknown task {name!r}; valid tasks: {', '.join(available())}") from None
+#: Class decorator: make ``task: NAME`` in a config build this task.
+register = _REGISTRY.register
+#: Names of the registered tasks (what ``task:`` in a config may say).
+available = _REGISTRY.available
+#: The task class registered as a name.
+get = _REGISTRY.get
 
 
 def build_task(options: TaskOptions | Mapping[str, Any] | str, data: Any = None,

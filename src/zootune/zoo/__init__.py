@@ -1,7 +1,10 @@
 """Where a zoo's checkpoints come from: timm, torchvision, the Hugging Face hub, local files.
 
 This package loads models and checks that they can form one zoo; it knows nothing of
-aggregation (``zootune.zoo_tune`` takes the modules it returns).
+aggregation (``zootune.zoo_tune`` takes the modules it returns): it must never import
+``zootune.convert``, ``zootune.layers``, ``zootune.train``, ``zootune.methods`` or
+``zootune.commands``. It owns the one zoo type (:class:`Zoo`), the one head finder
+(:func:`find_head`) and the one architecture check (:func:`check_same_architecture`).
 
 Main entry points::
 
