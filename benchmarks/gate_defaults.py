@@ -20,7 +20,6 @@ import json
 import platform
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 from demo_seeds import RESULTS, _atomic_write, _stats, keep_notes

@@ -10,7 +10,6 @@ input sample (a multiply-add counts as 2 FLOPs; the paper's "GFLOPs" are multipl
 
 from __future__ import annotations
 
-import copy
 import datetime as _dt
 from pathlib import Path
 from typing import Any

@@ -98,7 +98,7 @@ def eval_transform_code(rec: Mapping[str, Any]) -> str:
         lines[3:3] = [f"# input: a PIL image converted with .convert({mode!r})"]
         lines.append("    v2.ToImage(),")
     else:
-        lines[3:3] = [f"# input: a float tensor (C, H, W) with values in [0, 1]"]
+        lines[3:3] = ["# input: a float tensor (C, H, W) with values in [0, 1]"]
     if rec.get("resize"):
         r = rec["resize"]
         r = list(r) if isinstance(r, (list, tuple)) else int(r)

@@ -20,7 +20,6 @@ the exported model.
 
 from __future__ import annotations
 
-import copy
 import json
 import platform
 import time
@@ -294,7 +293,7 @@ def _report(results: dict[str, Any], paths: dict[str, Path]) -> str:
     lines = [
         "# zootune demo",
         "",
-        f"Target: scikit-learn handwritten digits" + (" + 10 held-apart Greek letters" if rec["greek"] else "")
+        "Target: scikit-learn handwritten digits" + (" + 10 held-apart Greek letters" if rec["greek"] else "")
         + f", {rec['labels_per_class']} labels per class ({d['train']} train, {d['val']} val, "
         f"{d['test']} test images, 16x16).",
         f"Zoo: {', '.join(results['zoo'])} (MiniCNN; `base` pretrained on all scripts, the others "
