@@ -149,3 +149,9 @@ def test_stages_hand_results_on_and_finished_stages_are_skipped(tmp_path):
     assert (out / "stages" / "warmup" / "model.safetensors").stat().st_mtime_ns == mtime
     for (k, a), (_, b) in zip(res2.model.state_dict().items(), res3.model.state_dict().items()):
         assert torch.equal(a, b), k
+
+
+def test_switching_method_from_overrides():
+    cfg = build_config(tiny_raw(method={"name": "zoo_tuning", "lite": True}),
+                       ["method=finetune", "method.source=1"])
+    assert cfg.method.name == "finetune" and cfg.method.source == 1

@@ -186,3 +186,19 @@ def test_cuda_path(tmp_path, method):
     import zootune
 
     assert isinstance(zootune.load(tmp_path / "r"), type(res.model))
+
+
+def test_best_file_holds_the_final_weights_when_the_last_step_is_best(tmp_path):
+    """select=best: best.safetensors always holds the weights reported as best."""
+    import zootune
+
+    for steps in (8, 10):
+        cfg = build_config(tiny_raw(method="finetune", optim={"lr": 0.05}, train={
+            "steps": steps, "batch_size": 16, "eval_every": 2, "log_every": 2, "checkpoint_every": 0,
+            "select": "best", "threads": 1, "progress": False, "tensorboard": False}))
+        run = build_run(cfg)
+        out = tmp_path / str(steps)
+        res = fit(run.model, run.task, run.data, cfg, out, method=run.method, record=run.record())
+        best = zootune.load(out / "best.safetensors")
+        for (k, a), (_, b) in zip(res.model.state_dict().items(), best.state_dict().items()):
+            assert torch.equal(a, b), (steps, res.best_step, k)

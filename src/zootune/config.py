@@ -419,7 +419,9 @@ def _normalise_plugins(raw: dict[str, Any]) -> dict[str, Any]:
 
 def build_config(raw: Mapping[str, Any] | None = None, overrides: Sequence[str] = ()) -> Config:
     """Validate ``raw`` (+ overrides) on top of its recipe; raise :class:`ConfigError`."""
-    raw = apply_overrides(_normalise_plugins(copy.deepcopy(dict(raw or {}))), overrides)
+    raw = _normalise_plugins(copy.deepcopy(dict(raw or {})))
+    for text in overrides:  # one at a time: `method=finetune method.source=1` works
+        raw = _normalise_plugins(apply_overrides(raw, [text]))
     recipe = raw.get("recipe")
     if recipe is not None:
         if not isinstance(recipe, str) or recipe not in RECIPES:

@@ -189,7 +189,9 @@ def run(args: argparse.Namespace) -> int:
     probe = None
     if "rsa" in scores and extracted_first is not None:
         train, idx, labels = extracted_first
-        inputs = torch.stack([torch.as_tensor(train[int(i)][0]) for i in idx])
+        from zootune.data.sample import IMAGE, as_sample
+
+        inputs = torch.stack([torch.as_tensor(as_sample(train[int(i)])[IMAGE]) for i in idx])
         probe = probe_features(inputs, labels, seed=args.seed)
 
     per_model: dict[str, dict[str, float]] = {}

@@ -434,6 +434,8 @@ class _SupervisedLoop:
                 metrics["val"] = m
                 if self.better(m):
                     self.state.extras.update(best_step=step, best_val=m)
+                    if tc.select == "best":  # best.safetensors must hold these final weights
+                        self.remember_best()
                     self.best_state = None  # the final weights are the best: nothing to restore
             last_ckpt = self.checkpoint()
             if tc.select == "best" and self.best_state is not None and self.best_step != step:
