@@ -24,7 +24,6 @@ import hashlib
 import os
 import re
 import socket
-import tempfile
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -156,10 +155,12 @@ def _download(url: str, dst: Path, spec: str) -> Path:
             f"checkpoint directory ({ENV_CHECKPOINT_DIR}=...), or set {ENV_OFFLINE}=1 to fail "
             "without trying the network"
         )
-    fd, tmp_name = tempfile.mkstemp(prefix=dst.name + ".", suffix=".part", dir=dst.parent)
-    sha = hashlib.sha256()
-    try:
-        with os.fdopen(fd, "wb") as out:
+    from zootune.atomic import atomic_write
+
+    def fetch(tmp_name: str) -> None:
+        """Stream the file into ``tmp_name``; a wrong checksum aborts (nothing is kept)."""
+        sha = hashlib.sha256()
+        with open(tmp_name, "wb") as out:
             req = urllib.request.Request(url, headers={"User-Agent": "zootune"})
             with urllib.request.urlopen(req, timeout=DOWNLOAD_TIMEOUT_S) as resp:
                 total = int(resp.headers.get("Content-Length") or 0) or None
@@ -180,8 +181,9 @@ def _download(url: str, dst: Path, spec: str) -> Path:
                 f"{spec}: downloaded {url} but its SHA-256 does not start with {m.group(1)} "
                 "as its file name promises; not using it"
             )
-        os.replace(tmp_name, dst)
-        return dst
+
+    try:
+        return atomic_write(dst, fetch)
     except DownloadError:
         raise
     except (urllib.error.URLError, OSError, ValueError) as exc:
@@ -191,9 +193,6 @@ def _download(url: str, dst: Path, spec: str) -> Path:
             f"checkpoint directory ({ENV_CHECKPOINT_DIR}=...) and retry, or set "
             f"{ENV_OFFLINE}=1 to fail without trying the network"
         ) from None
-    finally:
-        if os.path.exists(tmp_name):
-            os.unlink(tmp_name)
 
 
 # ------------------------------------------------------------------ Hugging Face hub files
