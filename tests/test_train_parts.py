@@ -202,3 +202,27 @@ def test_best_file_holds_the_final_weights_when_the_last_step_is_best(tmp_path):
         best = zootune.load(out / "best.safetensors")
         for (k, a), (_, b) in zip(res.model.state_dict().items(), best.state_dict().items()):
             assert torch.equal(a, b), (steps, res.best_step, k)
+
+
+def test_custom_loop_example_runs_and_resumes(tmp_path):
+    """examples/custom_loop.py (the documented use of the parts) runs, and a run stopped
+    half-way and continued ends with the weights of an uninterrupted one."""
+    import importlib.util
+
+    import zootune
+    from trainer_utils import REPO
+
+    spec = importlib.util.spec_from_file_location("custom_loop", REPO / "examples" / "custom_loop.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert mod.main([str(tmp_path / "a"), "--steps", "20", "--checkpoint-every", "5"]) == 0
+    assert mod.main([str(tmp_path / "b"), "--steps", "10", "--checkpoint-every", "5"]) == 0
+    assert mod.main([str(tmp_path / "b"), "--steps", "20", "--checkpoint-every", "5"]) == 0
+    a = zootune.load(tmp_path / "a" / "checkpoints" / "step_00000020" / "model.safetensors",
+                     template=lambda: mod.small_cnn(num_classes=1, widths=[4, 8], norm="group"))
+    b = zootune.load(tmp_path / "b" / "checkpoints" / "step_00000020" / "model.safetensors",
+                     template=lambda: mod.small_cnn(num_classes=1, widths=[4, 8], norm="group"))
+    for (k, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items()):
+        assert torch.equal(x, y), k
+    te = [k for k in a.state_dict() if k.endswith("te.steps")]
+    assert te and all(int(a.state_dict()[k]) == 20 for k in te)  # acting forwards not counted

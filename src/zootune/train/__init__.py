@@ -23,7 +23,8 @@ Python API (the CLI ``zootune tune`` is a thin layer over it)::
     evaluate(res.model, run.task, run.data.test)                      # {"loss", "accuracy"}
     zootune.load("runs/x")                   # the trained model again, from its folder
 
-Parts for loops of your own (an RL agent loop, say)::
+Parts for loops of your own (an RL agent loop, say); ``examples/custom_loop.py`` is a complete,
+tested one::
 
     from zootune.train import (TrainState, OptimizerStep, InterruptHandler, RunLogger,
                                MetricAccumulator, gate_tracking)
@@ -41,7 +42,7 @@ Parts for loops of your own (an RL agent loop, say)::
             step_fn(loss); state.step += 1
             if state.step % 1000 == 0:
                 step_fn.check(); state.save("run/checkpoints")
-                logger.log(state.step, "train", {"loss": float(loss)})
+                logger.log(state.step, "train", {"loss": float(loss.detach())})
 
 Errors a user can fix are :class:`zootune.errors.ZootuneError` subclasses (``ConfigError``,
 ``DataError``, ``CheckpointError``, ``TrainingError`` for a diverged loss): one line in the CLI.
