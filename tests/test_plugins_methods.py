@@ -13,6 +13,7 @@ from zootune.config import ConfigError, build_config
 from zootune.methods import FineTune, Method, MethodOptions, Stage, register
 from zootune.train import build_run, run_config
 from trainer_utils import tiny_raw
+import plugin_examples  # noqa: F401 - registers test_scaled_finetune
 
 
 def test_builtin_methods_are_registered():
@@ -71,29 +72,6 @@ def test_scratch_reinitialises_the_architecture():
 
 
 # ---- a method of one's own: its loss, an extra trainable module, from a config ---------------
-
-
-@register("test_scaled_finetune")
-class ScaledFineTune(FineTune):
-    """Fine-tuning with a learned output temperature (an extra module) and an extra loss term."""
-
-    class Options(MethodOptions):
-        source: int = 0
-        penalty: float = 0.5
-
-    def build(self, ctx):
-        self.temperature = nn.Linear(1, 1, bias=False)
-        nn.init.constant_(self.temperature.weight, 1.0)
-        self.calls = 0
-        return super().build(ctx)
-
-    def extra_modules(self, model):
-        return {"temperature": self.temperature}
-
-    def loss(self, model, batch, task):
-        self.calls += 1
-        logits = task.forward(model, batch) * self.temperature.weight.squeeze()
-        return task.loss(logits, batch) + self.options.penalty * self.temperature.weight.pow(2).sum(), logits
 
 
 def test_user_method_runs_from_a_config(tmp_path):

@@ -59,3 +59,29 @@ def test_two_gloo_ranks_equal_one_process(tmp_path):
     moved = [k for k in te if k.endswith("accumulator")]
     assert any(not torch.equal(r0["state"][k], torch.zeros_like(r0["state"][k])) for k in moved)
     assert single.metrics["test"]["accuracy"] == pytest.approx(r0["metrics"]["test"]["accuracy"])
+
+
+@pytest.mark.slow
+def test_extra_modules_of_a_method_stay_in_sync_under_ddp(tmp_path):
+    """A method's extra trainable module (outside the DDP wrapper) gets averaged gradients: every
+    rank ends with the same value, equal to a single process's."""
+    raw = tiny_raw(method={"name": "test_scaled_finetune", "penalty": 0.1}, train__steps=6,
+                   train__batch_size=16, train__checkpoint_every=0, train__eval_every=0)
+    raw["zoo"]["builder_kwargs"]["norm"] = "group"
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(raw))
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+           f"--master_port={_free_port()}", str(REPO / "tests" / "ddp_worker.py"),
+           str(tmp_path / "cfg.yaml"), str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=subprocess_env())
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r0, r1 = torch.load(out / "rank0.pt"), torch.load(out / "rank1.pt")
+    assert torch.equal(r0["extras"]["temperature.weight"], r1["extras"]["temperature.weight"])
+    import plugin_examples  # noqa: F401
+
+    cfg = build_config(raw)
+    run = build_run(cfg)
+    single = fit(run.model, run.task, run.data, cfg, None, method=run.method, report=False)
+    t = single.extra_modules["temperature"].weight.detach()
+    assert float(t) != 1.0
+    assert torch.allclose(r0["extras"]["temperature.weight"], t, atol=1e-5)

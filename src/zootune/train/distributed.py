@@ -72,6 +72,17 @@ def all_gather_cat(t: torch.Tensor, info: DistInfo) -> torch.Tensor:
     return torch.cat(parts).to(t.device)
 
 
+def average_gradients(params, info: DistInfo) -> None:
+    """Average the gradients of ``params`` over the ranks (for trainable modules outside the
+    DDP-wrapped model, e.g. a method's extra modules)."""
+    if not info.enabled:
+        return
+    for p in params:
+        if p.grad is not None:
+            dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
+            p.grad.div_(info.world_size)
+
+
 def barrier(info: DistInfo) -> None:
     if info.enabled:
         dist.barrier()

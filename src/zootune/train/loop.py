@@ -42,7 +42,13 @@ from torch.utils.data import DataLoader, Dataset
 from zootune.atomic import atomic_write_text
 from zootune.data.sample import collate_samples
 from zootune.train.checkpoint import save_module
-from zootune.train.distributed import DistInfo, barrier, setup_distributed, teardown_distributed
+from zootune.train.distributed import (
+    DistInfo,
+    average_gradients,
+    barrier,
+    setup_distributed,
+    teardown_distributed,
+)
 from zootune.train.interrupt import InterruptHandler
 from zootune.train.logger import RunLogger
 from zootune.train.metrics import MetricAccumulator
@@ -263,8 +269,10 @@ class _SupervisedLoop:
         scaler = make_scaler(self.amp, device)
         self.state = TrainState(model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
                                 extra_modules=extras, device=device)
+        extra_params = [p for m in extras.values() for p in m.parameters() if p.requires_grad]
+        sync = (lambda: average_gradients(extra_params, info)) if info.enabled and extra_params else None
         self.opt_step = OptimizerStep(optimizer, scheduler=scheduler, scaler=scaler,
-                                      grad_clip=cfg.optim.grad_clip)
+                                      grad_clip=cfg.optim.grad_clip, after_backward=sync)
         self.ckpt_root = out / "checkpoints" if out is not None else None
         self.best_state: dict[str, torch.Tensor] | None = None
         self.start_step = 0

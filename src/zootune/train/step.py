@@ -68,12 +68,16 @@ class OptimizerStep:
         scaler: an AMP ``GradScaler`` (fp16), if any.
         grad_clip: max global gradient norm over ``parameters`` (None: no clipping).
         parameters: what to clip (default: every parameter the optimizer holds).
+        after_backward: called between backward and clipping (e.g. to average the gradients
+            of modules that DDP does not wrap).
     """
 
     def __init__(self, optimizer: torch.optim.Optimizer, *, scheduler: Any = None,
                  scaler: torch.amp.GradScaler | None = None, grad_clip: float | None = None,
-                 parameters: Iterable[nn.Parameter] | None = None) -> None:
+                 parameters: Iterable[nn.Parameter] | None = None,
+                 after_backward: Any = None) -> None:
         self.optimizer = optimizer
+        self.after_backward = after_backward
         self.scheduler = scheduler
         self.scaler = scaler
         self.grad_clip = grad_clip
@@ -100,6 +104,8 @@ class OptimizerStep:
             self.scaler.unscale_(self.optimizer)
         else:
             loss.backward()
+        if self.after_backward is not None:
+            self.after_backward()
         if self.grad_clip:
             nn.utils.clip_grad_norm_(self.parameters, self.grad_clip)
         if self.scaler is not None:
