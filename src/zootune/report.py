@@ -192,6 +192,11 @@ def write_report(out_dir: str | Path, result: Any, cfg: Any, *, task: Any = None
                 f"source {i}" for i in range(mat.shape[0])]
             lines.append("Mean gate per source over layers: " + ", ".join(
                 f"{n} {mat[i].mean():.3f}" for i, n in enumerate(names)) + "\n")
+    if task is not None:
+        try:
+            lines += task.report_section(model, data, out)
+        except Exception as exc:  # noqa: BLE001 - a failed picture must not lose the report
+            lines.append(f"({task.name} report section failed: {exc.__class__.__name__}: {exc})\n")
     if result.history:
         from zootune.viz import plot_learning_curves
 

@@ -116,6 +116,11 @@ class Task:
         """Facts about the target for reports and model cards (JSON-able)."""
         return {"task": self.name}
 
+    def report_section(self, model: nn.Module, data: Any, out_dir: Any) -> list[str]:
+        """Markdown lines the run report adds for this task (e.g. prediction plots written into
+        ``out_dir``). Default: none."""
+        return []
+
     def restore(self, record: Mapping[str, Any]) -> None:
         """Bind from a :meth:`describe` record instead of data (rebuilding a trained model)."""
 
