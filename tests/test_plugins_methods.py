@@ -133,3 +133,36 @@ def test_switching_method_from_overrides():
     cfg = build_config(tiny_raw(method={"name": "zoo_tuning", "lite": True}),
                        ["method=finetune", "method.source=1"])
     assert cfg.method.name == "finetune" and cfg.method.source == 1
+
+
+def test_a_users_method_runs_from_the_cli_through_plugins(tmp_path):
+    """`plugins:` imports the user's module, whose registered method then runs via `zootune tune`."""
+    import yaml
+
+    from trainer_utils import REPO, run_cli
+
+    (tmp_path / "my_methods.py").write_text(
+        "from zootune.methods import FineTune, MethodOptions, register\n\n"
+        "@register('my_finetune')\n"
+        "class MyFineTune(FineTune):\n"
+        "    class Options(MethodOptions):\n"
+        "        source: int = 1\n")
+    raw = tiny_raw(method={"name": "my_finetune"})
+    raw["plugins"] = ["my_methods"]
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(raw))
+    import os
+    import subprocess
+    import sys
+
+    from trainer_utils import subprocess_env
+
+    env = subprocess_env()
+    env["PYTHONPATH"] = str(tmp_path) + os.pathsep + env["PYTHONPATH"]
+    r = subprocess.run([sys.executable, "-m", "zootune", "tune", str(tmp_path / "cfg.yaml"), "--out",
+                        str(tmp_path / "run")], capture_output=True, text=True, env=env, timeout=120,
+                       cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "my_finetune (source=1)" in r.stdout
+    raw["plugins"] = ["no_such_module_xyz"]
+    with pytest.raises(ConfigError, match="plugins: cannot import 'no_such_module_xyz'"):
+        build_config(raw)

@@ -164,6 +164,9 @@ class Config(_Section):
     recipe: str | None = None
     name: str | None = None
     out_dir: str | None = None
+    #: modules imported before ``method`` and ``task`` are validated: where a user's own
+    #: registered methods, tasks and data sets live (``plugins: [mypkg.my_methods]``)
+    plugins: list[str] = Field(default_factory=list)
     method: SerializeAsAny[PluginOptions] = Field(
         default_factory=lambda: _plugin("method", _DEFAULT_PLUGIN["method"]))
     zoo: ZooConfig = Field(default_factory=ZooConfig)
@@ -429,6 +432,7 @@ def build_config(raw: Mapping[str, Any] | None = None, overrides: Sequence[str] 
                 f"unknown recipe {recipe!r}; valid recipes: {', '.join(sorted(RECIPES))}"
             )
         raw = deep_merge(RECIPES[recipe], raw)
+    import_plugins(raw.get("plugins") or [])
     for kind in ("method", "task"):  # plug-in sections first: their errors name their options
         if kind in raw and not isinstance(raw[kind], PluginOptions):
             raw[kind] = _plugin(kind, raw[kind])
@@ -436,6 +440,20 @@ def build_config(raw: Mapping[str, Any] | None = None, overrides: Sequence[str] 
         return Config.model_validate(raw)
     except ValidationError as exc:
         raise ConfigError(_format_validation_error(exc)) from None
+
+
+def import_plugins(modules: Sequence[str]) -> None:
+    """Import the modules a config lists under ``plugins`` (they register methods, tasks and
+    data sets when imported); one :class:`ConfigError` for a module that cannot be imported."""
+    import importlib
+
+    if isinstance(modules, str):
+        modules = [modules]
+    for name in modules:
+        try:
+            importlib.import_module(str(name))
+        except ImportError as exc:
+            raise ConfigError(f"plugins: cannot import {name!r} ({exc.__class__.__name__}: {exc})") from None
 
 
 def resolve_config_path(path: str | Path) -> Path:
