@@ -226,3 +226,40 @@ def test_custom_loop_example_runs_and_resumes(tmp_path):
         assert torch.equal(x, y), k
     te = [k for k in a.state_dict() if k.endswith("te.steps")]
     assert te and all(int(a.state_dict()[k]) == 20 for k in te)  # acting forwards not counted
+
+
+def test_kernel_plan_is_decided_once_recorded_and_reused(tmp_path, monkeypatch):
+    """Per-sample Zoo-Tuning with kernel=auto: the trainer fixes each layer's kernel before the
+    first step (probe leaves statistics alone), records the plan, and a resumed run reuses it."""
+    import json
+
+    import zootune.layers.kernels as K
+
+    monkeypatch.setattr(K, "choose_conv_kernel", lambda spec, x, shape: "unfold")
+    cfg = build_config(tiny_raw(method={"name": "zoo_tuning", "kernel": "auto"}, train={
+        "steps": 6, "batch_size": 8, "eval_every": 0, "log_every": 3, "checkpoint_every": 3,
+        "threads": 1, "progress": False, "tensorboard": False}))
+    run = build_run(cfg)
+    before = {k: v.clone() for k, v in run.model.state_dict().items()}
+    # the probe alone: plan set, nothing else changed
+    run.method.prepare_training(run.model, lambda: _first(run), run.task, extras := {})
+    assert extras["kernels"] and set(extras["kernels"].values()) == {"unfold"}
+    for k, v in run.model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    assert all(p.grad is None for p in run.model.parameters())
+    # a run records it; a resumed run takes the recorded plan (here: another kernel) as it is
+    run = build_run(cfg)
+    out = tmp_path / "r"
+    fit(run.model, run.task, run.data, cfg, out, method=run.method, record=run.record())
+    assert set(json.loads((out / "result.json").read_text())["kernels"].values()) == {"unfold"}
+    run2 = build_run(cfg)
+    extras2 = {"kernels": {name: "loop" for name in extras["kernels"]}}
+    run2.method.prepare_training(run2.model, lambda: _first(run2), run2.task, extras2)
+    layers = run2.model.adaagg_layers()
+    assert all(layers[n].kernel == "loop" for n in extras["kernels"])
+
+
+def _first(run):
+    from zootune.data.sample import collate_samples
+
+    return collate_samples([run.data.train[(i, i)] for i in range(8)])

@@ -11,7 +11,8 @@ ensemble is not touched.
 
 from __future__ import annotations
 
-from typing import Iterable
+import contextlib
+from typing import Iterable, Iterator
 
 import torch
 from torch import nn
@@ -52,3 +53,29 @@ def recalibrate_batchnorm(
     if seen == 0:
         raise ValueError("recalibrate_batchnorm got no batches")
     return model
+
+
+@contextlib.contextmanager
+def frozen_statistics(model: nn.Module) -> Iterator[nn.Module]:
+    """Run extra training-mode forwards that leave every running statistic as it was.
+
+    BatchNorm layers keep their running mean/var (momentum 0 for the duration;
+    ``num_batches_tracked`` restored) and a Zoo-Tuning model's gate statistics are not recorded
+    (``track_gates(False)``). Used for FLOP counting and for probing which kernels to use,
+    instead of backing up and restoring the whole state dict.
+    """
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [(m, m.momentum, None if m.num_batches_tracked is None else m.num_batches_tracked.clone())
+             for m in norms]
+    tracker = getattr(model, "track_gates", None)
+    gates = tracker(False) if callable(tracker) else contextlib.nullcontext()
+    try:
+        for m in norms:
+            m.momentum = 0.0
+        with gates:
+            yield model
+    finally:
+        for m, momentum, nbt in saved:
+            m.momentum = momentum
+            if nbt is not None:
+                m.num_batches_tracked.copy_(nbt)

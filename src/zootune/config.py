@@ -132,7 +132,9 @@ class ScheduleConfig(_Section):
 class TrainConfig(_Section):
     """The loop: budget, batch, logging, checkpoints, devices."""
 
-    steps: int = Field(default=15000, ge=1)
+    #: optimizer steps; 0 trains nothing: the model is built, evaluated and saved as it is
+    #: (e.g. an ensemble whose members are finished stages)
+    steps: int = Field(default=15000, ge=0)
     batch_size: int = Field(default=48, ge=1)
     eval_batch_size: int | None = Field(default=None, ge=1)
     eval_every: int = Field(default=500, ge=0)

@@ -349,6 +349,30 @@ class ZooModel(nn.Module):
         """
         return GateTracking(list(self.adaagg_layers().values()), mode)
 
+    def kernel_plan(self) -> dict[str, str]:
+        """``{layer: kernel}``: the per-sample convolution kernel each ``kernel="auto"`` layer
+        used in its last training forward (1x1 convs always use a matrix product: not listed).
+
+        Recorded by the trainer with the run so that a resumed or distributed run computes
+        with exactly the same kernels (their rounding differs), see :meth:`set_kernels`."""
+        from .layers import AdaAggConv2d
+        from .layers.kernels import CONV_KERNELS
+
+        return {n: layer.train_kernel for n, layer in self.adaagg_layers().items()
+                if isinstance(layer, AdaAggConv2d) and layer.kernel == "auto"
+                and layer.train_kernel in CONV_KERNELS}
+
+    def set_kernels(self, plan: dict[str, str]) -> "ZooModel":
+        """Fix the per-sample kernel of the named layers (a :meth:`kernel_plan`)."""
+        from .layers.kernels import CONV_KERNELS
+
+        layers = self.adaagg_layers()
+        for name, kernel in plan.items():
+            if name not in layers or kernel not in CONV_KERNELS:
+                raise ZootuneError(f"kernel plan entry {name!r}: {kernel!r} does not fit this model")
+            layers[name].kernel = kernel
+        return self
+
     def freeze_gates(self) -> "ZooModel":
         """Stop training the gate networks (with the uniform init: fixed equal gates, i.e. plain
         weight averaging — the ``average_aggregation`` baseline)."""

@@ -33,29 +33,20 @@ def count_flops(model: nn.Module, example: torch.Tensor, train: bool = False) ->
     """FLOPs of one forward pass of ``example``.
 
     A training-mode forward would update BatchNorm running statistics and a Zoo-Tuning model's
-    gate statistics: BatchNorm is counted with its momentum set to 0 (statistics kept as they
-    are) and gate tracking is off, so the model's state is left untouched.
+    gate statistics: it runs under :func:`zootune.batchnorm.frozen_statistics`, so the model's
+    state is left untouched.
     """
     from torch.utils.flop_counter import FlopCounterMode
 
-    from zootune.train.loop import gate_tracking
+    from zootune.batchnorm import frozen_statistics
 
     was = model.training
-    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    momenta = [(m, m.momentum, m.num_batches_tracked.clone() if m.num_batches_tracked is not None
-                else None) for m in norms]
     try:
         model.train(train)
-        for m in norms:
-            m.momentum = 0.0
-        with torch.no_grad(), gate_tracking(model, False), FlopCounterMode(display=False) as fc:
+        with torch.no_grad(), frozen_statistics(model), FlopCounterMode(display=False) as fc:
             model(example)
         return int(fc.get_total_flops())
     finally:
-        for m, mom, nbt in momenta:
-            m.momentum = mom
-            if nbt is not None:
-                m.num_batches_tracked.copy_(nbt)
         model.train(was)
 
 

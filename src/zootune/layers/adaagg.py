@@ -195,6 +195,8 @@ class AdaAggConv2d(AdaAggBase):
         first = sources[0]
         super().__init__(sources, first.in_channels, **kwargs)
         self.kernel = kernel
+        #: the kernel the last training forward used (``kernel="auto"`` resolves per shape)
+        self.train_kernel: str | None = None
         self.in_channels = first.in_channels
         self.out_channels = first.out_channels
         self.kernel_size = tuple(first.kernel_size)
@@ -239,6 +241,8 @@ class AdaAggConv2d(AdaAggBase):
                 self._observe(a)
                 w, b = self._cached("aligned", self.aligned)
                 kern = conv_kernel(self.kernel, self.spec, xp, (x.shape[0],) + tuple(w.shape[1:]))
+                if torch.is_grad_enabled():
+                    self.train_kernel = kern.name  # what "auto" picked for training (a plan entry)
                 y = per_sample(xp, a, w, kern, self.recompute)
                 if b is not None:
                     y = y + (a.to(b.dtype) @ b).to(y.dtype)[:, :, None, None]

@@ -8,9 +8,11 @@
   baseline): no alignment, frozen equal gates; it runs as one ordinary convolution per layer
   (lite) and exports to a plain model.
 
-Kernel choice: ``kernel: auto`` times the candidate per-sample kernels and keeps the fastest,
-which may differ between processes (and their rounding with it); a deterministic run
-(``train.deterministic``, the default) therefore uses the fixed ``grouped`` kernel.
+Kernel choice: ``kernel: auto`` times the candidate per-sample kernels once per layer shape and
+keeps the fastest. Which one wins may differ between processes (and their rounding with it), so
+a training run decides once, before its first step, records the plan (``{layer: kernel}``) in its
+checkpoints (``extras["kernels"]``) and ``result.json``, and reuses it on resume; under DDP rank
+0 decides and the other ranks receive its plan. Deterministic runs are therefore fast too.
 """
 
 from __future__ import annotations
@@ -45,11 +47,42 @@ class ZooTuningOptions(AggregationOptions):
 
 def _zoo_tune_kwargs(opts: AggregationOptions, ctx: BuildContext) -> dict:
     exclude = list(opts.exclude) + [p for p in ctx.task.exclude_patterns() if p not in opts.exclude]
-    kernel = opts.kernel
-    if kernel == "auto" and ctx.cfg.train.deterministic:
-        kernel = "grouped"
-    return dict(layers=opts.layers, exclude=exclude, rest=opts.rest, kernel=kernel,
+    return dict(layers=opts.layers, exclude=exclude, rest=opts.rest, kernel=opts.kernel,
                 recompute=opts.recompute)
+
+
+def plan_kernels(model: nn.Module, first_batch, task, extras: dict) -> None:
+    """Fix the per-sample kernels of a per-sample ZooModel for a training run (module docstring):
+    reuse ``extras["kernels"]`` (a resumed run), or probe one training forward + backward of the
+    first batch (running statistics untouched, gradients dropped) and keep what ``auto`` chose;
+    rank 0's choice wins under DDP."""
+    import torch.distributed as dist
+
+    from zootune.batchnorm import frozen_statistics
+    from zootune.convert import ZooModel
+
+    if not isinstance(model, ZooModel) or model.lite:
+        return
+    if "kernels" in extras:
+        model.set_kernels(extras["kernels"])
+        return
+    if not any(getattr(layer, "kernel", None) == "auto" for layer in model.adaagg_layers().values()):
+        return
+    batch = first_batch()
+    was = model.training
+    devices = [batch[task.input_field].device] if batch[task.input_field].is_cuda else []
+    with frozen_statistics(model), torch.random.fork_rng(devices=devices):  # no RNG drawn either
+        model.train()
+        task.loss(task.forward(model, batch), batch).backward()
+    model.zero_grad(set_to_none=True)
+    model.train(was)
+    plan = model.kernel_plan()
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        box = [plan]
+        dist.broadcast_object_list(box, src=0)
+        plan = box[0]
+    model.set_kernels(plan)
+    extras["kernels"] = dict(plan)
 
 
 @register("zoo_tuning")
@@ -68,6 +101,9 @@ class ZooTuning(Method):
             ctx.target_models(), **_zoo_tune_kwargs(o, ctx), align=o.align, lite=o.lite,
             gate=o.gate, gate_init=o.gate_init, gate_hidden=o.gate_hidden,
             te_momentum=o.te_momentum)
+
+    def prepare_training(self, model, first_batch, task, extras) -> None:
+        plan_kernels(model, first_batch, task, extras)
 
     def describe(self) -> str:
         o = self.options

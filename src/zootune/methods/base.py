@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, Callable, ClassVar
 
 import torch
 from torch import nn
@@ -79,6 +79,10 @@ class BuildContext:
     previous: dict[str, StageResult] = field(default_factory=dict)
     #: only the structure is wanted (weights are loaded afterwards): skip expensive set-up
     structure_only: bool = False
+    #: the run's data splits (``train``, ``val``, ``test``; what the task is bound to), for a
+    #: method that computes something from the target data before training (Co-Tuning's
+    #: category relationship). ``None`` when only the structure is built.
+    data: Any = None
 
     def target_models(self, keep_source_heads: bool = False) -> list[nn.Module]:
         """Deep copies of the zoo's models, adapted to the task (e.g. a fresh shared head).
@@ -125,6 +129,13 @@ class Method:
         """The model to train (carrying the task head), built from ``ctx``."""
         raise NotImplementedError
 
+    def prepare_training(self, model: nn.Module, first_batch: Callable[[], dict[str, Any]],
+                         task: "Task", extras: dict[str, Any]) -> None:
+        """Called once by a training loop before its first step, after a resume restored
+        ``extras`` (the train state's; what is put there is checkpointed with the run).
+        ``first_batch()`` gives the first training batch on the model's device. Default:
+        nothing. Runs on every DDP rank (collectives are allowed)."""
+
     def extra_modules(self, model: nn.Module) -> dict[str, nn.Module]:
         """Trainable modules besides ``model`` (optimised and checkpointed with it, not
         exported). Default: none."""
@@ -142,6 +153,12 @@ class Method:
         return task.loss(outputs, batch), outputs
 
     # ---- reporting --------------------------------------------------------------------------
+
+    def report_section(self, model: nn.Module, data: Any, out_dir: Any) -> list[str]:
+        """Markdown lines the run report adds for this method (e.g. a plot of something it
+        learned, written into ``out_dir``), like :meth:`zootune.tasks.Task.report_section`.
+        Default: none."""
+        return []
 
     def describe(self) -> str:
         """One line for reports, e.g. ``zoo_tuning (lite, align=default)``."""

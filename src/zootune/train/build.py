@@ -135,7 +135,7 @@ def build_run(cfg: Config, base_dir: Path | None = None, pretrained: bool = True
         data = build_data(cfg.data, data_preprocessing(zoo))
     task.bind(data)
     torch.manual_seed(cfg.train.seed)
-    model = method.build(BuildContext(zoo, task, cfg, stage, dict(previous or {})))
+    model = method.build(BuildContext(zoo, task, cfg, stage, dict(previous or {}), data=data))
     return Run(cfg, model, task, data, zoo, method, dict(previous or {}))
 
 

@@ -359,12 +359,18 @@ class _SupervisedLoop:
             save_config(cfg, self.out / "config.yaml")
         self.logger = RunLogger(self.out if self.main else None, tensorboard=tc.tensorboard,
                                 resume_step=start_step if start_step > 0 else None)
-        train_model = _wrap_ddp(self.model, self.device) if info.enabled else self.model
         sampler = StepBatchSampler(len(self.data.train), tc.batch_size, seed=tc.seed,
                                    start_step=start_step, num_steps=tc.steps, rank=info.rank,
                                    world_size=info.world_size)
         loader = DataLoader(self.data.train, batch_sampler=sampler, num_workers=cfg.data.num_workers,
                             pin_memory=self.device.type == "cuda", collate_fn=collate_samples)
+
+        def first_batch() -> dict[str, Any]:
+            return to_device(next(iter(loader)), self.device)
+
+        with autocast(self.device, self.amp):  # e.g. Zoo-Tuning fixes its kernels here
+            self.method.prepare_training(self.model, first_batch, task, self.state.extras)
+        train_model = _wrap_ddp(self.model, self.device) if info.enabled else self.model
         from tqdm.auto import tqdm
 
         bar = tqdm(total=tc.steps, initial=start_step, disable=not (self.main and tc.progress),
@@ -477,6 +483,8 @@ class _SupervisedLoop:
             summary = {"steps": step, "wall_time_s": wall, "metrics": metrics,
                        "best_step": self.best_step, "best_val": self.best_val,
                        "world_size": self.info.world_size}
+            if "kernels" in self.state.extras:
+                summary["kernels"] = self.state.extras["kernels"]
             if self.run_info:
                 summary["run"] = self.run_info
             atomic_write_text(self.out / "result.json", json.dumps(summary, indent=2, default=str))
