@@ -24,11 +24,15 @@ from .convert import ZooModel, select_layers, validate_zoo, zoo_tune
 from .errors import ZootuneError
 from .export import load, save
 
-_LAZY = ("methods", "tasks", "zoo", "train", "data", "select")
+_LAZY = ("methods", "tasks", "zoo", "train", "data", "select", "align")
 
 
 def __getattr__(name: str):
     """``zootune.methods`` etc. import on first use (``import zootune`` stays light)."""
+    if name == "align_zoo":  # torch.fx and scipy load only when alignment is used
+        from .align import align_zoo
+
+        return align_zoo
     if name in _LAZY:
         import importlib
 
@@ -39,6 +43,7 @@ def __getattr__(name: str):
 __all__ = [
     "ZooModel",
     "ZootuneError",
+    "align_zoo",
     "load",
     "recalibrate_batchnorm",
     "save",

@@ -21,6 +21,8 @@ COMMAND_MODULES = (
     "export",
     "select",
     "zoo",
+    "rl",
+    "compare",
 )
 
 

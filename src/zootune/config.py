@@ -178,6 +178,9 @@ class Config(_Section):
     optim: OptimConfig = Field(default_factory=OptimConfig)
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+    #: fine-tuning regularisers added to any method's loss (:mod:`zootune.methods.regularizers`):
+    #: a list of ``{name: l2_sp | delta | bss, ...options}``
+    regularizers: list[SerializeAsAny[PluginOptions]] = Field(default_factory=list)
 
     @field_validator("recipe")
     @classmethod
@@ -195,6 +198,11 @@ class Config(_Section):
     @classmethod
     def _task_options(cls, v: Any) -> Any:
         return _plugin("task", v)
+
+    @field_validator("regularizers", mode="before")
+    @classmethod
+    def _regularizer_options(cls, v: Any) -> Any:
+        return _regularizers(v)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON/YAML-able dict of every value (defaults included)."""
@@ -375,6 +383,8 @@ def _format_validation_error(exc: ValidationError, root: type[BaseModel] = Confi
 def _registry(kind: str):
     if kind == "method":
         from zootune import methods as reg
+    elif kind == "regularizer":
+        from zootune.methods import regularizers as reg
     else:
         from zootune import tasks as reg
     return reg
@@ -402,7 +412,9 @@ def _plugin(kind: str, value: Any) -> PluginOptions:
         raise ConfigError(f"config key {kind!r} must be a {kind} name or a mapping with 'name' and "
                           f"its options (got {value!r}); valid {kind}s: {', '.join(reg.available())}")
     value = dict(value)
-    name = value.setdefault("name", _DEFAULT_PLUGIN[kind])
+    if kind not in _DEFAULT_PLUGIN and "name" not in value:
+        raise ConfigError(f"every {kind} needs a 'name'; valid {kind}s: {', '.join(reg.available())}")
+    name = value.setdefault("name", _DEFAULT_PLUGIN.get(kind))
     if not isinstance(name, str) or name not in reg.available():
         hint = difflib.get_close_matches(str(name), reg.available(), n=1)
         raise ConfigError(f"unknown {kind} {name!r}" + (f" (did you mean {hint[0]!r}?)" if hint else "")
@@ -412,6 +424,18 @@ def _plugin(kind: str, value: Any) -> PluginOptions:
         return options_cls.model_validate(value)
     except ValidationError as exc:
         raise ConfigError(_format_validation_error(exc, options_cls, prefix=[kind])) from None
+
+
+def _regularizers(value: Any) -> list[PluginOptions]:
+    """The ``regularizers`` section: a list of regulariser names or ``{name, ...options}``."""
+    if value is None:
+        return []
+    if isinstance(value, (str, Mapping)):
+        value = [value]
+    if not isinstance(value, (list, tuple)):
+        raise ConfigError(f"config key 'regularizers' must be a list of {{name: ..., options}} "
+                          f"(got {value!r})")
+    return [_plugin("regularizer", v) for v in value]
 
 
 def _normalise_plugins(raw: dict[str, Any]) -> dict[str, Any]:
@@ -438,6 +462,8 @@ def build_config(raw: Mapping[str, Any] | None = None, overrides: Sequence[str] 
     for kind in ("method", "task"):  # plug-in sections first: their errors name their options
         if kind in raw and not isinstance(raw[kind], PluginOptions):
             raw[kind] = _plugin(kind, raw[kind])
+    if "regularizers" in raw:
+        raw["regularizers"] = _regularizers(raw["regularizers"])
     try:
         return Config.model_validate(raw)
     except ValidationError as exc:

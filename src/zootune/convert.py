@@ -452,6 +452,7 @@ def zoo_tune(
     te_momentum: float = 0.9,
     kernel: str = "auto",
     recompute: bool = True,
+    align_zoo: bool | dict[str, Any] = False,
 ) -> ZooModel:
     """Build a Zoo-Tuning model from ``models`` (a zoo of one architecture).
 
@@ -474,11 +475,25 @@ def zoo_tune(
         kernel: per-sample convolution kernel: ``"auto"`` (timed once per shape), ``"grouped"``
             ``"loop"`` or ``"unfold"`` (1x1 convs and Linear always use a batched matrix product).
         recompute: recompute per-sample weights in backward instead of storing ``B x |W|``.
+        align_zoo: first permute every member into ``models[0]``'s channel order
+            (:func:`zootune.align_zoo`; for zoos trained from independent random starts).
+            ``True``: weight matching with the defaults; a dict: :func:`zootune.align_zoo`'s
+            keyword arguments (``method``, ``data``, ``repair``...). With ``repair`` and
+            ``data`` the built model's BatchNorm layers are repaired on ``data``
+            (:func:`zootune.align.repair_batchnorm`; the model starts as the zoo average).
 
     Returns:
         a :class:`ZooModel`; the source models are not modified.
     """
     validate_zoo(models)
+    zoo_aligned = None
+    if align_zoo:
+        from .align import align_zoo as _align_zoo
+
+        if not isinstance(align_zoo, (bool, dict)):
+            raise ZootuneError(f"align_zoo must be a bool or a dict of align_zoo options, got {align_zoo!r}")
+        zoo_aligned = _align_zoo(models, **({} if align_zoo is True else dict(align_zoo)))
+        models = list(zoo_aligned)
     if gate not in GATE_KINDS:
         raise ZootuneError(f"gate must be one of {GATE_KINDS}, got {gate!r}")
     if gate_init not in GATE_INITS:
@@ -526,4 +541,13 @@ def zoo_tune(
         "recompute": bool(recompute),
         "source_class": f"{type(ref).__module__}.{type(ref).__qualname__}",
     }
-    return ZooModel(base, settings)
+    if zoo_aligned is not None:
+        za = zoo_aligned
+        settings["align_zoo"] = {"method": za.info["method"], "reference": za.info["reference"],
+                                 "groups": za.info["groups"], "repair": za.repair}
+    zm = ZooModel(base, settings)
+    if zoo_aligned is not None and zoo_aligned.repair:
+        from .align import repair_batchnorm
+
+        repair_batchnorm(zm, list(zoo_aligned), zoo_aligned.data or [], mode=zoo_aligned.repair)
+    return zm

@@ -96,11 +96,14 @@ def _human(n: float) -> str:
 
 
 def write_report(out_dir: str | Path, result: Any, cfg: Any, *, task: Any = None, data: Any = None,
-                 run_info: dict[str, Any] | None = None, costs: dict[str, Any] | None = None) -> Path:
+                 run_info: dict[str, Any] | None = None, costs: dict[str, Any] | None = None,
+                 method: Any = None) -> Path:
     """Write ``report.md``, ``gates.png`` (ZooModels) and ``curves.png`` into ``out_dir``.
 
     ``costs``: precomputed :func:`model_costs` (the trainer computes them on every DDP rank,
     because a training-mode forward of a lite model all-reduces its gate means).
+    ``method``: the run's method; its :meth:`~zootune.methods.Method.report_section` lines (and
+    pictures) are added, like the task's.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -183,6 +186,11 @@ def write_report(out_dir: str | Path, result: Any, cfg: Any, *, task: Any = None
                 f"source {i}" for i in range(mat.shape[0])]
             lines.append("Mean gate per source over layers: " + ", ".join(
                 f"{n} {mat[i].mean():.3f}" for i, n in enumerate(names)) + "\n")
+    if method is not None:  # the method's own lines and pictures (Method.report_section)
+        try:
+            lines += method.report_section(model, data, out)
+        except Exception as exc:  # noqa: BLE001 - a failed picture must not lose the report
+            lines.append(f"({method.name} report section failed: {exc.__class__.__name__}: {exc})\n")
     if task is not None:
         try:
             lines += task.report_section(model, data, out)

@@ -4,7 +4,9 @@
 parameter count, preprocessing and what was mapped or dropped from its checkpoint; then whether
 the specs can form one zoo (with or without their heads), whether their preprocessing agrees,
 and how related their weights are (per layer, each member's cosine similarity to the others),
-warning when members look independently trained. ``zootune zoo presets`` lists named zoos.
+warning when members look independently trained. ``zootune zoo align SPEC... -o DIR`` permutes
+the members into one member's channel order (:func:`zootune.align_zoo`) and writes aligned
+checkpoints. ``zootune zoo presets`` lists named zoos.
 """
 
 from __future__ import annotations
@@ -48,9 +50,92 @@ def register(sub: argparse._SubParsersAction) -> None:
     ins.add_argument("--json", dest="json_path", default=None,
                      help="also write the full report as JSON to this file")
     ins.set_defaults(func=run_inspect)
+    al = zsub.add_parser(
+        "align",
+        help="permute zoo members into one member's channel order; write aligned checkpoints",
+        description=(
+            "Align a zoo whose members were trained from independent random starts: permute "
+            "each member's channels into the reference member's order (weight matching, Git "
+            "Re-Basin; no data needed) without changing what it computes, and write one "
+            "checkpoint per member to DIR (load them with 'file:DIR/NAME.safetensors arch=...'). "
+            "Members whose heads differ are aligned without their heads (the trunk's output "
+            "features are then permuted too)."
+        ),
+    )
+    al.add_argument("specs", nargs="+", metavar="SPEC")
+    al.add_argument("-o", "--output", required=True, metavar="DIR", help="folder for the aligned checkpoints")
+    al.add_argument("--reference", type=int, default=0, help="index of the member the others are aligned to")
+    al.add_argument("--max-sweeps", type=int, default=100, help="weight matching's limit on sweeps")
+    al.add_argument("--input-size", default=None, metavar="C,H,W",
+                    help="example input size for tracing (default: the zoo's preprocessing)")
+    al.add_argument("--no-weights", action="store_true",
+                    help="build the architectures with random weights (no files, no network)")
+    al.add_argument("--offline", action="store_true", help="never download (also: ZOOTUNE_OFFLINE=1)")
+    al.add_argument("--checkpoint-dir", default=None, help="directory of pre-downloaded checkpoints")
+    al.add_argument("--arch", default=None, help="architecture for file:/url: specs that do not say arch=")
+    al.set_defaults(func=run_align)
     pre = zsub.add_parser("presets", help="list named zoos and the specs they expand to")
     pre.set_defaults(func=run_presets)
     p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
+
+
+def run_align(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    import torch
+
+    from zootune.align import align_zoo
+    from zootune.atomic import atomic_write_text
+    from zootune.errors import ZootuneError
+    from zootune.export import save
+    from zootune.zoo import load_zoo
+    from zootune.zoo.relatedness import relatedness
+
+    kwargs: dict[str, Any] = {"pretrained": not args.no_weights, "strip_heads": "differing",
+                              "arch": args.arch, "check_related": False}
+    if args.offline:
+        kwargs["offline"] = True
+    if args.checkpoint_dir:
+        kwargs["checkpoint_dir"] = args.checkpoint_dir
+    zoo = load_zoo(args.specs, **kwargs)
+    from zootune.zoo.heads import STRIPPED_ATTR
+
+    stripped = any(getattr(m, STRIPPED_ATTR, None) for m in zoo)
+    size = getattr(zoo.preprocessing, "input_size", None)
+    if args.input_size:
+        try:
+            size = tuple(int(v) for v in args.input_size.split(","))
+        except ValueError:
+            raise ZootuneError(f"--input-size must be C,H,W (integers), got {args.input_size!r}") from None
+    example = torch.rand(2, *size, generator=torch.Generator().manual_seed(0)) if size else None
+    names = list(zoo.names)
+    print(f"aligning {len(names)} members to '{names[args.reference] if 0 <= args.reference < len(names) else args.reference}'"
+          f" (weight matching{'; heads differ: aligned without them' if stripped else ''})")
+    aligned = align_zoo(list(zoo), reference=args.reference, example_input=example,
+                        permute_outputs=stripped, max_sweeps=args.max_sweeps)
+    before = relatedness(list(zoo), names).pairwise()[args.reference]
+    after = relatedness(list(aligned), names).pairwise()[args.reference]
+    print(f"{aligned.info['groups']} permutation groups ({aligned.info['channels']} channels)")
+    print(f"{'member':<14} {'moved':>7} {'sweeps':>6} {'seconds':>8} {'max |diff|':>10} "
+          f"{'cos before':>10} {'cos after':>10}")
+    out = Path(args.output)
+    files = []
+    for i, (name, m, info) in enumerate(zip(names, aligned, aligned.info["members"])):
+        diff = info.get("max_abs_diff")
+        print(f"{name:<14} {info['moved_channels']:>7} {info.get('sweeps', 0):>6} "
+              f"{info['seconds']:>8.1f} {'-' if diff is None else f'{diff:.2e}':>10} "
+              f"{before[i]:>10.3f} {after[i]:>10.3f}")
+        path = save(m, out / f"{name}.safetensors",
+                    metadata={"aligned_to": names[args.reference], "member": name,
+                              "spec": str(getattr(m, "zootune_spec", "")),
+                              "method": "weights", "head_stripped": bool(stripped)})
+        files.append(str(path))
+    report = {"members": names, "reference": args.reference, "files": files,
+              "info": aligned.info, "cosine_to_reference_before": before.round(4).tolist(),
+              "cosine_to_reference_after": after.round(4).tolist()}
+    atomic_write_text(out / "align.json", json.dumps(report, indent=2, default=str))
+    print(f"wrote {len(files)} checkpoints and align.json to {out}")
+    return 0
 
 
 def run_presets(args: argparse.Namespace) -> int:

@@ -22,6 +22,10 @@ _REGISTRY: dict[str, str | DatasetBuilder] = {
     "image_folder": "zootune.data.image_folder:build_image_folder",
     "glyphs": "zootune.demo.data:_build_glyphs",
     "demo_target": "zootune.demo.data:_build_target",
+    "procedural_faces": "zootune.data.landmarks:build_procedural_faces",
+    "300w": "zootune.data.landmarks:build_300w",
+    "wflw": "zootune.data.landmarks:build_wflw",
+    "cofw": "zootune.data.landmarks:build_cofw",
 }
 
 

@@ -26,3 +26,6 @@ from zootune.methods.single import FineTune, Scratch, reset_parameters  # noqa: 
 __all__ = ["AverageAggregation", "FineTune", "Scratch", "ZooTuning", "ZooTuningLite",
            "reset_parameters", "BuildContext", "Method", "MethodError", "MethodOptions", "Stage", "StageResult",
            "available", "build_method", "get", "register"]
+from zootune.methods import regularizers  # noqa: E402,F401  (L2-SP, DELTA, BSS)
+from zootune.methods.co_tuning import CoTuning  # noqa: E402,F401
+from zootune.methods import ced, distill, ensemble, feature_extraction, knowledge_flow  # noqa: E402,F401  (paper baselines)

@@ -8,6 +8,10 @@
   baseline): no alignment, frozen equal gates; it runs as one ordinary convolution per layer
   (lite) and exports to a plain model.
 
+``align_zoo: true`` (both methods): permute every member into the first member's channel order
+first (:func:`zootune.align_zoo`, weight matching, no data), for zoos whose members were trained
+from independent random starts.
+
 Kernel choice: ``kernel: auto`` times the candidate per-sample kernels once per layer shape and
 keeps the fastest. Which one wins may differ between processes (and their rounding with it), so
 a training run decides once, before its first step, records the plan (``{layer: kernel}``) in its
@@ -34,6 +38,9 @@ class AggregationOptions(MethodOptions):
     rest: Literal["average"] | int = "average"
     kernel: str = "auto"
     recompute: bool = True
+    #: permute every member into the first member's channel order before aggregating
+    #: (:func:`zootune.align_zoo`, weight matching: for zoos trained from independent starts)
+    align_zoo: bool = False
 
 
 class ZooTuningOptions(AggregationOptions):
@@ -43,6 +50,31 @@ class ZooTuningOptions(AggregationOptions):
     gate_init: Literal["uniform", "kaiming", "default"] = "uniform"
     gate_hidden: int | None = Field(default=None, ge=1)
     te_momentum: float = Field(default=0.9, ge=0.0, lt=1.0)
+
+
+def _source_models(opts: AggregationOptions, ctx: BuildContext) -> list[nn.Module]:
+    """The zoo's models for the target task; with ``align_zoo`` first aligned to member 0.
+
+    Alignment runs on the zoo as loaded, before the task puts its new head on: when the task
+    replaces the heads, the trunk's output features may be permuted too (the new head is
+    learned on top of them). Weight matching needs no data; a structure-only build (weights
+    loaded afterwards) skips it.
+    """
+    if not opts.align_zoo or ctx.structure_only:
+        return ctx.target_models()
+    from zootune.align import align_zoo
+
+    size = getattr(getattr(ctx.zoo, "preprocessing", None), "input_size", None)
+    example = torch.rand(2, *size, generator=torch.Generator().manual_seed(0)) if size else None
+    aligned = align_zoo(list(ctx.zoo), method="weights", example_input=example,
+                        permute_outputs=bool(ctx.task.replaces_heads), seed=ctx.cfg.train.seed)
+    return ctx.task.prepare_zoo(list(aligned), keep_source_heads=False)
+
+
+def _mark_aligned(zm: nn.Module, opts: AggregationOptions) -> nn.Module:
+    if opts.align_zoo:
+        zm.settings["align_zoo"] = {"method": "weights", "reference": 0}
+    return zm
 
 
 def _zoo_tune_kwargs(opts: AggregationOptions, ctx: BuildContext) -> dict:
@@ -97,17 +129,18 @@ class ZooTuning(Method):
 
         o = self.options
         torch.manual_seed(ctx.cfg.train.seed)  # gates and alignment start the same everywhere
-        return zootune.zoo_tune(
-            ctx.target_models(), **_zoo_tune_kwargs(o, ctx), align=o.align, lite=o.lite,
+        return _mark_aligned(zootune.zoo_tune(
+            _source_models(o, ctx), **_zoo_tune_kwargs(o, ctx), align=o.align, lite=o.lite,
             gate=o.gate, gate_init=o.gate_init, gate_hidden=o.gate_hidden,
-            te_momentum=o.te_momentum)
+            te_momentum=o.te_momentum), o)
 
     def prepare_training(self, model, first_batch, task, extras) -> None:
         plan_kernels(model, first_batch, task, extras)
 
     def describe(self) -> str:
         o = self.options
-        return f"{self.name} ({'lite' if o.lite else 'per-sample'}, align={o.align}, gate={o.gate})"
+        return (f"{self.name} ({'lite' if o.lite else 'per-sample'}, align={o.align}, gate={o.gate}"
+                f"{', align_zoo' if o.align_zoo else ''})")
 
 
 @register("zoo_tuning_lite")
@@ -131,6 +164,6 @@ class AverageAggregation(Method):
         import zootune
 
         torch.manual_seed(ctx.cfg.train.seed)
-        zm = zootune.zoo_tune(ctx.target_models(), **_zoo_tune_kwargs(self.options, ctx),
+        zm = zootune.zoo_tune(_source_models(self.options, ctx), **_zoo_tune_kwargs(self.options, ctx),
                               align=False, lite=True, gate="normalized", gate_init="uniform")
-        return zm.freeze_gates()
+        return _mark_aligned(zm.freeze_gates(), self.options)

@@ -8,6 +8,7 @@ import :mod:`zootune.train`, :mod:`zootune.methods` or :mod:`zootune.commands`.
 
 from zootune.tasks.base import Task, TaskError, TaskOptions, available, build_task, get, register
 from zootune.tasks.classification import ClassificationTask, HeadError, attach_head, find_classifier
+from zootune.tasks.landmarks import LandmarkTask  # registers "landmarks"
 
 __all__ = ["ClassificationTask", "HeadError", "Task", "TaskError", "TaskOptions", "attach_head",
            "available", "build_task", "find_classifier", "get", "register"]

@@ -256,6 +256,11 @@ class _SupervisedLoop:
         if info.enabled and tc.sync_bn and device.type == "cuda":
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         self.model = model
+        # configured fine-tuning regularisers (L2-SP, DELTA, BSS): captured from the model as it
+        # is now, i.e. its starting weights, and added to whatever loss the method returns
+        from zootune.methods.regularizers import build_regularizers
+
+        self.regularizers = build_regularizers(getattr(cfg, "regularizers", ()), model, task, data)
         extras = {k: m.to(device) for k, m in method.extra_modules(model).items()}
         groups = param_groups(model, cfg.optim, task.head_name)
         for name, m in extras.items():
@@ -385,6 +390,8 @@ class _SupervisedLoop:
                 batch = to_device(batch, self.device)
                 with autocast(self.device, self.amp):
                     loss, outputs = self.method.loss(train_model, batch, task)
+                    if self.regularizers is not None:
+                        loss = loss + self.regularizers(batch)
                 self.opt_step(loss)
                 self.state.step += 1
                 step = self.state.step
@@ -493,7 +500,7 @@ class _SupervisedLoop:
                     from zootune.report import write_report
 
                     write_report(self.out, result, cfg, task=self.task, data=self.data,
-                                 run_info=self.run_info, costs=costs)
+                                 run_info=self.run_info, costs=costs, method=self.method)
                 except Exception as exc:  # noqa: BLE001 - a failed picture must not lose the run
                     print(f"warning: report not written: {exc.__class__.__name__}: {exc}", flush=True)
         return result

@@ -85,7 +85,9 @@ class Relatedness:
             f"{lead}: median layer cosine similarity to the closest member {detail} < "
             f"{self.threshold}. Aggregating weights assumes their channels correspond (sources "
             f"fine-tuned from one shared initialisation); with unrelated sources Zoo-Tuning "
-            f"and averaging can fall below the best single source"
+            f"and averaging can fall below the best single source. Aligning the members first "
+            f"may recover part of that: `zootune zoo align SPEC... -o DIR`, or "
+            f"zoo_tune(..., align_zoo=True) / method option align_zoo: true"
         )
 
     def table(self, max_rows: int | None = None) -> str:

@@ -1,0 +1,133 @@
+"""Agent steps per second of DER and Zoo-Tuning DER (per-sample and lite), side by side.
+
+One agent step = act (batch 1, noisy network, no gate statistics) + one DER update (batch 32:
+online forward on s and s', target forward on s', C51 projection, backward, Adam, priority
+update) + replay sampling — everything of the training loop but the emulator, which costs the
+same for every method (measured separately and added for the wall-time estimate). The methods
+are timed interleaved in rounds in one process (single thread), so machine noise hits all alike;
+the sources are random DER networks written in the agent file format (speed does not depend on
+their weights). Writes ``benchmarks/results/rl_speed.json`` and ``.md``.
+
+    nice -n 10 python benchmarks/rl_speed.py            # ~2 min on one core
+    python benchmarks/rl_speed.py --rounds 3 --steps 50  # quicker, noisier
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import zootune
+from zootune.rl.agent import agent_metadata, build_online
+from zootune.rl.c51 import support
+from zootune.rl.config import build_rl_config
+from zootune.rl.envs import make_env
+from zootune.rl.loop import act, learn
+from zootune.rl.network import DERNetwork, reset_noise
+from zootune.rl.replay import CompactReplay
+from zootune.train import OptimizerStep
+
+METHODS = ("scratch", "zoo_tuning", "zoo_tuning_lite")
+
+
+def fill_replay(cfg, steps: int, seed: int = 0) -> CompactReplay:
+    a = cfg.agent
+    rep = CompactReplay(max(steps + 100, 1000), (84, 84), n_step=a.n_step, discount=a.discount,
+                        alpha=a.priority_alpha, seed=seed)
+    rng = np.random.default_rng(seed)
+    rep.start_episode(rng.integers(0, 255, (84, 84), dtype=np.uint8))
+    for t in range(steps):
+        end = (t + 1) % 500 == 0
+        rep.add(int(rng.integers(18)), float(rng.integers(-1, 2)), bool(rng.random() < 0.01),
+                rng.integers(0, 255, (84, 84), dtype=np.uint8), episode_end=end)
+        if end:
+            rep.start_episode(rng.integers(0, 255, (84, 84), dtype=np.uint8))
+    return rep
+
+
+def time_env(cfg, steps: int) -> float:
+    env = make_env(cfg.env)
+    env.reset(seed=0)
+    rng = np.random.default_rng(0)
+    t = time.perf_counter()
+    for _ in range(steps):
+        _, _, term, trunc, _ = env.step(int(rng.integers(env.action_space.n)))
+        if term or trunc:
+            env.reset()
+    return (time.perf_counter() - t) / steps
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--steps", type=int, default=100, help="agent steps per method per round")
+    p.add_argument("--kernel", default="unfold")
+    p.add_argument("--out", default=str(Path(__file__).parent / "results" / "rl_speed"))
+    args = p.parse_args(argv)
+    torch.set_num_threads(1)
+    tmp = Path(tempfile.mkdtemp())
+    base = build_rl_config({"env": {"game": "Alien"}, "method": {"kernel": args.kernel}})
+    srcs = []
+    for i, game in enumerate(("Seaquest", "Riverraid")):
+        torch.manual_seed(100 + i)
+        net = DERNetwork(18, base.agent)
+        f = tmp / f"{game}.safetensors"
+        zootune.save(net, f, metadata=agent_metadata(game, 18, base.agent, base.env, "scratch"))
+        srcs.append(str(f))
+    rep = fill_replay(base, 3000)
+    z = support(51, -10, 10)
+    obs = np.random.default_rng(1).integers(0, 255, (4, 84, 84), dtype=np.uint8)
+    agents = {}
+    for m in METHODS:
+        cfg = build_rl_config({"env": {"game": "Alien"}, "method": {"name": m, "sources": srcs,
+                                                                      "kernel": args.kernel}})
+        net = build_online(cfg.method, 18, cfg.agent, cfg.env, 0).train()
+        import copy
+
+        target = copy.deepcopy(net)
+        opt = torch.optim.Adam(net.parameters(), lr=1e-4, eps=1.5e-4)
+        agents[m] = (cfg, net, target, OptimizerStep(opt, grad_clip=10.0))
+    times = {m: [] for m in METHODS}
+    for r in range(args.rounds + 1):  # round 0 warms up
+        for m in METHODS:
+            cfg, net, target, step_fn = agents[m]
+            t = time.perf_counter()
+            for _ in range(args.steps):
+                reset_noise(net)
+                act(net, obs, z, torch.device("cpu"))
+                learn(net, target, rep, cfg, z, 0.5, step_fn, torch.device("cpu"))
+            if r:
+                times[m].append((time.perf_counter() - t) / args.steps)
+    env_s = time_env(base, 1000)
+    med = {m: float(np.median(v)) for m, v in times.items()}
+    res = {
+        "machine": platform.processor() or platform.machine(), "torch": torch.__version__,
+        "threads": 1, "kernel": args.kernel, "rounds": args.rounds, "steps_per_round": args.steps,
+        "agent_step_s_without_env": med, "env_step_s": env_s,
+        "agent_steps_per_s": {m: 1.0 / (v + env_s) for m, v in med.items()},
+        "ratio_to_der": {m: (v + env_s) / (med["scratch"] + env_s) for m, v in med.items()},
+        "estimated_100k_run_h": {m: 100_000 * (v + env_s) / 3600 for m, v in med.items()},
+    }
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(res, indent=1))
+    lines = ["| method | agent steps/s | step time vs DER | est. 100k run (h) |", "|---|---|---|---|"]
+    for m in METHODS:
+        lines.append(f"| {'DER' if m == 'scratch' else m} | {res['agent_steps_per_s'][m]:.1f} | "
+                     f"{res['ratio_to_der'][m]:.2f}x | {res['estimated_100k_run_h'][m]:.2f} |")
+    md = (f"# RL speed (one thread, kernel={args.kernel}, median of {args.rounds} interleaved rounds "
+          f"of {args.steps} steps; env step {env_s * 1e3:.2f} ms included)\n\n" + "\n".join(lines) + "\n")
+    out.with_suffix(".md").write_text(md)
+    print(md)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

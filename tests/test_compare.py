@@ -1,0 +1,161 @@
+"""``zootune compare``: cells over seeds, shared fine-tuned sources, resume, validation-only choices."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+from trainer_utils import run_cli, tiny_raw
+
+from zootune.compare import load_compare, plan_cells, run_compare, summarize
+from zootune.config import ConfigError
+
+
+def _raw(methods, seeds=(0, 1), **over):
+    raw = tiny_raw(train__steps=6, train__eval_every=0, train__checkpoint_every=3, **over)
+    raw.pop("method")
+    raw["compare"] = {"methods": list(methods), "seeds": list(seeds), "reports": False}
+    return raw
+
+
+def test_fine_tuned_sources_are_trained_once_and_shared(tmp_path, monkeypatch):
+    spec = load_compare(raw=_raw(["finetune", "ensemble", "distill", {"name": "fe", "finetuned": True,
+                                                                        "label": "fe+finetuned"}]))
+    calls = []
+    import zootune.train as train_pkg  # the runner imports run_config from here at call time
+
+    orig = train_pkg.run_config
+
+    def counting(cfg, out, **kw):
+        calls.append(cfg.method.name)
+        return orig(cfg, out, **kw)
+
+    monkeypatch.setattr(train_pkg, "run_config", counting)
+    res = run_compare(spec, tmp_path / "cmp", log=lambda s: None)
+    # 2 members x 2 seeds fine-tuned once each; ensemble, distill, fe: one final stage per seed
+    assert sorted(calls) == sorted(["finetune"] * 4 + ["ensemble", "distill", "fe"] * 2)
+    runs = sorted(p.name for p in (tmp_path / "cmp" / "runs").iterdir())
+    assert sum(r.startswith("finetune-") for r in runs) == 4
+    ens = tmp_path / "cmp" / res["cells"]["ensemble@seed0"]["run"]
+    link = ens / "stages" / "finetune_random0"
+    assert link.is_symlink()
+    assert link.resolve() == (tmp_path / "cmp" / res["cells"]["finetune[random0]@seed0"]["run"]).resolve()
+    md = res["results_md"].read_text()
+    for label in ("finetune[random0]", "finetune (best on validation)", "ensemble", "distill",
+                  "fe+finetuned"):
+        assert f"| {label} |" in md
+    # costs were measured: the ensemble's inference is both members, distill's one member
+    rows = {r["label"]: r for r in res["summary"]["rows"]}
+    one = rows["finetune[random0]"]["inference_flops"]
+    assert rows["ensemble"]["inference_flops"] == pytest.approx(2 * one)
+    assert rows["distill"]["inference_flops"] == pytest.approx(one)
+    assert rows["ensemble"]["train_flops"] == pytest.approx(2 * one)  # two fine-tunings
+    assert rows["distill"]["train_flops"] == pytest.approx(5 * one)  # + student and 2 teachers
+    data = json.loads(res["results_json"].read_text())
+    assert data["environment"]["torch"] and data["summary"]["seeds"] == [0, 1]
+
+    # the reference is the best single source of each seed ON VALIDATION; differences are paired
+    cells = res["cells"]
+    for s in (0, 1):
+        cands = {m: cells[f"finetune[{m}]@seed{s}"] for m in ("random0", "random1")}
+        best = max(cands, key=lambda m: cands[m]["metrics"]["val"]["accuracy"])
+        assert res["summary"]["reference"][str(s)]["entry"] == f"finetune[{best}]"
+    diffs = [cells[f"distill@seed{s}"]["metrics"]["test"]["accuracy"]
+             - res["summary"]["reference"][str(s)]["test"] for s in (0, 1)]
+    assert rows["distill"]["diff_mean"] == pytest.approx(sum(diffs) / 2)
+
+    # run again: nothing is trained
+    calls.clear()
+    res2 = run_compare(load_compare(raw=spec.raw | {"compare": _raw([])["compare"] | {
+        "methods": ["finetune", "ensemble", "distill",
+                    {"name": "fe", "finetuned": True, "label": "fe+finetuned"}]}}),
+        tmp_path / "cmp", log=lambda s: None)
+    assert calls == []
+    assert res2["summary"]["rows"] == res["summary"]["rows"]
+
+
+def test_an_unfinished_cell_resumes_from_its_checkpoint(tmp_path, monkeypatch):
+    spec = load_compare(raw=_raw(["finetune"], seeds=[0]))
+    out = tmp_path / "cmp"
+    res = run_compare(spec, out, log=lambda s: None)
+    cell = res["cells"]["finetune[random1]@seed0"]
+    run_dir = out / cell["run"]
+    # forget that the cell finished: only its checkpoints (step 3 and 6) remain
+    (run_dir / "compare.json").unlink()
+    (run_dir / "model.safetensors").unlink()
+    import zootune.train as train_pkg
+
+    seen = []
+    orig = train_pkg.run_config
+
+    def spy(cfg, out_dir, **kw):
+        seen.append((cfg.method.source, kw.get("resume")))
+        return orig(cfg, out_dir, **kw)
+
+    monkeypatch.setattr(train_pkg, "run_config", spy)
+    res2 = run_compare(spec, out, log=lambda s: None)
+    assert seen == [("random1", True)]  # only that cell, resumed
+    assert res2["cells"]["finetune[random1]@seed0"]["metrics"] == cell["metrics"]
+
+
+def test_unknown_method_is_one_error_line_listing_the_registered_names(tmp_path):
+    raw = _raw(["finetune", "ensemblee"])
+    with pytest.raises(ConfigError, match=r"unknown method 'ensemblee' \(did you mean 'ensemble'\?\); "
+                                          r"valid methods: .*knowledge_flow"):
+        load_compare(raw=raw)
+    f = tmp_path / "c.yaml"
+    f.write_text(yaml.safe_dump(raw))
+    r = run_cli("compare", str(f), "--out", str(tmp_path / "o"))
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: unknown method 'ensemblee'")
+    assert "zoo_tuning" in lines[0] and "distill" in lines[0]
+    assert not (tmp_path / "o").exists()
+
+
+def test_compare_config_errors_name_the_key():
+    raw = _raw(["finetune"])
+    raw["compare"]["sedes"] = [1]
+    with pytest.raises(ConfigError, match=r"unknown config key 'compare\.sedes'.*did you mean 'compare\.seeds'"):
+        load_compare(raw=raw)
+    raw = _raw(["finetune", {"name": "zoo_tuning", "lite": True}, {"name": "zoo_tuning", "lite": True}])
+    with pytest.raises(ConfigError, match="label"):
+        load_compare(raw=raw)
+    with pytest.raises(ConfigError, match="valid keys in method"):
+        load_compare(raw=_raw([{"name": "distill", "temprature": 3}]))
+
+
+def test_grid_variant_and_reference_are_chosen_on_validation_not_test():
+    spec = load_compare(raw=_raw(["finetune", {"name": "distill", "grid": {"method.temperature": [1, 4]}}]))
+    plan = plan_cells(spec)
+    ids = [c.id for c in plan]
+    assert "distill{temperature=1}@seed0" in ids and "distill{temperature=4}@seed1" in ids
+    assert {c.cfg.method.temperature for c in plan if c.entry == "distill"} == {1.0, 4.0}
+    # seeds set train.seed and data.seed
+    assert {(c.cfg.train.seed, c.cfg.data.seed) for c in plan} == {(0, 0), (1, 1)}
+
+    def rec(val, test):
+        return {"metrics": {"val": {"accuracy": val}, "test": {"accuracy": test}},
+                "costs": {"train_flops": 1.0, "inference_flops": 1.0}, "wall_time_s": 1.0,
+                "steps": 6}
+
+    cells = {
+        # random0 is better on validation, random1 on test: the reference must be random0
+        "finetune[random0]@seed0": rec(0.6, 0.50), "finetune[random1]@seed0": rec(0.5, 0.70),
+        "finetune[random0]@seed1": rec(0.4, 0.40), "finetune[random1]@seed1": rec(0.7, 0.60),
+        # temperature 4 is better on validation, worse on test: it is reported
+        "distill{temperature=1}@seed0": rec(0.5, 0.90), "distill{temperature=1}@seed1": rec(0.5, 0.90),
+        "distill{temperature=4}@seed0": rec(0.8, 0.55), "distill{temperature=4}@seed1": rec(0.8, 0.65),
+    }
+    summary = summarize(spec, plan, cells)
+    assert {s: r["entry"] for s, r in summary["reference"].items()} == {
+        "0": "finetune[random0]", "1": "finetune[random1]"}
+    rows = {r["label"]: r for r in summary["rows"]}
+    d = rows["distill"]
+    assert d["variant"] == "temperature=4"
+    assert d["diff_mean"] == pytest.approx(((0.55 - 0.50) + (0.65 - 0.60)) / 2)
+    assert d["diff_std"] == pytest.approx(0.0, abs=1e-12)
+    assert d["wins"] == 2 and d["test_mean"] == pytest.approx(0.60)
+    best = rows["finetune (best on validation)"]
+    assert best["test_mean"] == pytest.approx(0.55) and best["diff_mean"] == 0.0
