@@ -159,3 +159,15 @@ def test_grid_variant_and_reference_are_chosen_on_validation_not_test():
     assert d["wins"] == 2 and d["test_mean"] == pytest.approx(0.60)
     best = rows["finetune (best on validation)"]
     assert best["test_mean"] == pytest.approx(0.55) and best["diff_mean"] == 0.0
+
+
+def test_the_shipped_example_plans_every_baseline_of_the_paper():
+    from zootune.compare import compare_examples
+
+    assert "digits_tiny" in compare_examples()
+    spec = load_compare("digits_tiny")
+    methods = {c.cfg.method.name for c in plan_cells(spec)}
+    assert methods >= {"scratch", "finetune", "ensemble", "distill", "knowledge_flow", "ced", "fe",
+                       "average_aggregation", "zoo_tuning"}
+    zt = [c.cfg.method for c in plan_cells(spec) if c.cfg.method.name == "zoo_tuning"]
+    assert {(m.align is not False, m.lite) for m in zt} == {(True, False), (False, False), (True, True)}

@@ -138,6 +138,7 @@ def test_regularizers_config_section_and_errors():
 
 def test_trainer_adds_the_terms_l2sp_keeps_weights_near_the_start():
     from trainer_utils import tiny_config
+
     from zootune.train import build_run, fit
 
     def drift(regs):

@@ -118,3 +118,12 @@ def test_file_spec_with_kwargs_loads_into_the_configured_builder(tmp_path):
     zoo = load_zoo([{"spec": f"file:{path}", "arch": ARCH, "kwargs": KW, "name": n}
                     for n in ("a", "b")], warn=False)
     assert zoo.names == ["a", "b"] and all(_same_weights(z, ref) for z in zoo)
+
+
+def test_unknown_option_error_names_the_unknown_key():
+    import pytest
+
+    from zootune.zoo import ZooSpecError, parse_spec
+
+    with pytest.raises(ZooSpecError, match="unknown option 'num_classes'"):
+        parse_spec("random:zootune.demo.model:MiniCNN seed=0 num_classes=5 name=m0")

@@ -18,21 +18,22 @@ It may import :mod:`zootune.train` (it drives it), never :mod:`zootune.commands`
 """
 
 from zootune.compare.runner import (
-           CompareResult,
-           measure_costs,
-           run_compare,
-           run_dir_name,
-           run_key,
+    CompareResult,
+    measure_costs,
+    run_compare,
+    run_dir_name,
+    run_key,
 )
 from zootune.compare.spec import (
-           Cell,
-           CompareOptions,
-           CompareSpec,
-           load_compare,
-           plan_cells,
+    Cell,
+    CompareOptions,
+    CompareSpec,
+    compare_examples,
+    load_compare,
+    plan_cells,
 )
 from zootune.compare.table import format_markdown, summarize, write_tables
 
-__all__ = ["Cell", "CompareOptions", "CompareResult", "CompareSpec", "compare_examples", "format_markdown",
-           "load_compare", "measure_costs", "plan_cells", "run_compare", "run_dir_name", "run_key",
-           "summarize", "write_tables"]
+__all__ = ["Cell", "CompareOptions", "CompareResult", "CompareSpec", "compare_examples",
+           "format_markdown", "load_compare", "measure_costs", "plan_cells", "run_compare",
+           "run_dir_name", "run_key", "summarize", "write_tables"]

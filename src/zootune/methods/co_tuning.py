@@ -43,7 +43,8 @@ when the run writes a report, saved as ``relationship.json`` and plotted as
 from __future__ import annotations
 
 import copy
-from typing import Any, Literal, Sequence
+from collections.abc import Sequence
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -51,9 +52,15 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from zootune.config import DataConfig, Section
+from zootune.config import DataConfig
 from zootune.methods.aggregation import ZooTuning, ZooTuningOptions
-from zootune.methods.base import BuildContext, Method, MethodError, MethodOptions, register
+from zootune.methods.base import (
+    BuildContext,
+    Method,
+    MethodError,
+    MethodOptions,
+    register,
+)
 from zootune.methods.regularizers import submodule
 from zootune.methods.single import _source_index
 
@@ -450,8 +457,8 @@ class CoTuning(Method):
         rec = self.relationship_record()
         atomic_write_text(out / "relationship.json", json.dumps(rec, indent=1))
         lines = ["## Co-Tuning: category relationship p(y_s | y_t)\n",
-                 f"{self.options.relationship} relationship, weight {self.options.weight}; "
-                 "the matrices are in `relationship.json`.\n"]
+                 (f"{self.options.relationship} relationship, weight {self.options.weight}; "
+                  "the matrices are in `relationship.json`.\n")]
         for k, src in enumerate(rec["sources"]):
             fname = "relationship.png" if len(rec["sources"]) == 1 else f"relationship_{k}.png"
             plot_relationship(self.heads.relationship(k).detach().cpu(), out / fname,

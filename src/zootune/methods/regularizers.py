@@ -48,8 +48,9 @@ from __future__ import annotations
 
 import copy
 import fnmatch
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, Sequence
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -60,9 +61,20 @@ from zootune.config import PluginOptions
 from zootune.errors import ZootuneError
 from zootune.registry import Registry
 
-__all__ = ["Regularizer", "RegularizerError", "RegularizerOptions", "RegularizerSet", "L2SP",
-           "Delta", "BSS", "available", "build_regularizers", "get", "register",
-           "smallest_singular_penalty"]
+__all__ = [
+    "BSS",
+    "L2SP",
+    "Delta",
+    "Regularizer",
+    "RegularizerError",
+    "RegularizerOptions",
+    "RegularizerSet",
+    "available",
+    "build_regularizers",
+    "get",
+    "register",
+    "smallest_singular_penalty",
+]
 
 
 class RegularizerError(ZootuneError, ValueError):

@@ -7,8 +7,9 @@ most probable source classes named on their segments and the rest of the mass as
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch

@@ -213,7 +213,9 @@ def _parse_text(text: str) -> ZooSpec:
         key, _, value = opt.partition("=")
         options[key] = value
     if any(c.isspace() for c in head) and not head.startswith("file:"):
-        extra = head.split()[1]
+        tokens = head.split()[1:]
+        # name the token that is actually wrong: the first that is not a known key=value option
+        extra = next((t for t in tokens if t.partition("=")[0] not in OPTIONS or "=" not in t), tokens[0])
         key = extra.partition("=")[0]
         if "=" in extra:
             raise ZooSpecError(

@@ -70,7 +70,7 @@ def _image_tensor(image: Any) -> torch.Tensor:
 
         try:
             with Image.open(image) as im:
-                arr = np.asarray(im.convert("RGB"))
+                arr = np.array(im.convert("RGB"))
         except OSError as exc:
             raise DataError(f"cannot read image {str(image)!r} ({exc})") from None
     else:
