@@ -14,10 +14,10 @@ pytest.importorskip("torchrl")
 pytest.importorskip("ale_py")
 pytest.importorskip("cv2")
 
-import zootune  # noqa: E402
-from zootune.config import ConfigError  # noqa: E402
-from zootune.errors import CheckpointError, ZootuneError  # noqa: E402
-from zootune.rl import (  # noqa: E402
+import zootune
+from zootune.config import ConfigError
+from zootune.errors import CheckpointError, ZootuneError
+from zootune.rl import (
     CompactReplay,
     DERNetwork,
     build_online,
@@ -28,10 +28,9 @@ from zootune.rl import (  # noqa: E402
     support,
     train_agent,
 )
-from zootune.rl.agent import agent_metadata, load_source  # noqa: E402
-from zootune.rl.c51 import c51_loss  # noqa: E402
-from zootune.rl.replay import ReplayError, SumMinTree  # noqa: E402
-
+from zootune.rl.agent import agent_metadata, load_source
+from zootune.rl.c51 import c51_loss
+from zootune.rl.replay import ReplayError, SumMinTree
 
 # ---- C51 ---------------------------------------------------------------------------------------
 

@@ -148,11 +148,12 @@ def _grid(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from zootune.export import read_metadata
     from zootune.rl.agent import load_agent
     from zootune.rl.config import build_rl_config
     from zootune.rl.loop import evaluate_agent
-    from zootune.export import read_metadata
-    from pathlib import Path
 
     path = Path(args.model)
     f = path / "model.safetensors" if path.is_dir() else path

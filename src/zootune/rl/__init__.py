@@ -26,7 +26,23 @@ from zootune.rl.loop import AgentResult, evaluate_agent, train_agent
 from zootune.rl.network import DERNetwork, RLDependencyError
 from zootune.rl.replay import CompactReplay, ReplayError
 
-__all__ = ["AgentResult", "CompactReplay", "DERNetwork", "RLConfig", "RLDependencyError", "RL_METHODS",
-           "ReplayError", "SourceError", "build_online", "build_rl_config", "c51_loss",
-           "evaluate_agent", "load_agent", "load_rl_config", "load_source", "project", "support",
-           "train_agent"]
+__all__ = [
+           "RL_METHODS",
+           "AgentResult",
+           "CompactReplay",
+           "DERNetwork",
+           "RLConfig",
+           "RLDependencyError",
+           "ReplayError",
+           "SourceError",
+           "build_online",
+           "build_rl_config",
+           "c51_loss",
+           "evaluate_agent",
+           "load_agent",
+           "load_rl_config",
+           "load_source",
+           "project",
+           "support",
+           "train_agent",
+]

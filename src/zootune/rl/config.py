@@ -18,8 +18,9 @@ types are one :class:`zootune.config.ConfigError` line naming the key and the va
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal, Mapping, Sequence
+from typing import Any, Literal
 
 import yaml
 from pydantic import Field, ValidationError, model_validator
@@ -98,7 +99,7 @@ class AgentConfig(Section):
     grad_clip: float | None = Field(default=10.0, gt=0.0)
 
     @model_validator(mode="after")
-    def _check(self) -> "AgentConfig":
+    def _check(self) -> AgentConfig:
         if self.v_max <= self.v_min:
             raise ValueError(f"agent.v_max ({self.v_max}) must be above agent.v_min ({self.v_min})")
         return self

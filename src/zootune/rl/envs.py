@@ -37,9 +37,9 @@ from zootune.rl.network import RLDependencyError
 def _gym():
     try:
         import ale_py
+        import cv2  # noqa: F401  (AtariPreprocessing resizes with OpenCV)
         import gymnasium as gym
         from gymnasium.wrappers import AtariPreprocessing, FrameStackObservation
-        import cv2  # noqa: F401  (AtariPreprocessing resizes with OpenCV)
     except ImportError as exc:
         raise RLDependencyError(f"Atari environments need gymnasium, ale-py and "
                                 f"opencv-python-headless ({exc}): pip install 'zootune[rl]'") from None
@@ -109,7 +109,7 @@ def set_env_state(env, st: dict[str, Any]) -> np.ndarray:
     pre, stack = _wrappers(env)
     env.reset(seed=0)  # initialise every wrapper, then overwrite their state
     ale = env.unwrapped.ale
-    ale.restoreState(pickle.loads(bytes(st["ale"].numpy().tobytes())))  # noqa: S301 - our own file
+    ale.restoreState(pickle.loads(bytes(st["ale"].numpy().tobytes())))
     env.unwrapped.np_random.bit_generator.state = json.loads(st["np_random"])
     buf = st["obs_buffer"].numpy()
     for i in range(len(pre.obs_buffer)):

@@ -26,9 +26,10 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from pydantic import Field, ValidationError
 
@@ -150,8 +151,8 @@ def run_grid(grid: GridConfig, root: str | Path, *, max_runs: int | None = None,
             r.out.mkdir(parents=True, exist_ok=True)
             cmd = [sys.executable, "-m", "zootune", "rl", "run", base, "--out", str(r.out), "--quiet",
                    *grid.overrides, *r.overrides, "run.threads=1"]
-            log = open(r.out / "run.log", "a")
-            active.append((r, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)))
+            with open(r.out / "run.log", "a") as log:  # the child keeps its own descriptor
+                active.append((r, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)))
             started += 1
             say(f"start: {r.name}")
         if not active and blocked and not ready:

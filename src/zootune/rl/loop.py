@@ -29,9 +29,10 @@ from __future__ import annotations
 import copy
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -44,7 +45,13 @@ from zootune.rl.config import RLConfig
 from zootune.rl.envs import env_state, make_env, set_env_state
 from zootune.rl.network import q_values, reset_noise
 from zootune.rl.replay import CompactReplay
-from zootune.train import InterruptHandler, OptimizerStep, RunLogger, TrainState, gate_tracking
+from zootune.train import (
+    InterruptHandler,
+    OptimizerStep,
+    RunLogger,
+    TrainState,
+    gate_tracking,
+)
 
 #: keys of ``run`` that may change when a run is resumed (they do not change its trajectory)
 _RESUMABLE_CHANGES = {"steps", "threads", "tensorboard", "log_every", "eval_every", "checkpoint_every"}

@@ -45,7 +45,6 @@ import warnings
 from typing import Any, Literal, Mapping, Sequence
 
 import torch
-import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
@@ -252,7 +251,6 @@ def _feature_shape(model: nn.Module, layer: str, example: torch.Tensor) -> tuple
 def _traced_trunk(model: nn.Module, layer: str):
     """The fx graph of ``model`` cut after module ``layer`` (its output the graph's output), or
     ``None`` when the model cannot be traced (or traces differently in train and eval mode)."""
-    from torch import fx
     from torchvision.models.feature_extraction import create_feature_extractor, get_graph_node_names
 
     try:
