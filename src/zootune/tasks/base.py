@@ -129,6 +129,33 @@ class Task:
         cannot be evaluated by this task as bound. Default: anything goes."""
 
 
+def record_forward(model: nn.Module, example: torch.Tensor,
+                   names: Sequence[str] | None = None) -> dict[str, list[tuple[Any, Any]]]:
+    """``{module name: [(inputs, output), ...]}`` seen in one eval-mode, no-grad forward pass of
+    ``example`` (``names=None``: every module, in call order); the model's mode is restored.
+
+    How tasks measure a model they adapt (the width entering a stripped head, where a
+    convolutional trunk ends) without knowing its architecture."""
+    modules = dict(model.named_modules())
+    chosen = list(modules) if names is None else list(names)
+    seen: dict[str, list[tuple[Any, Any]]] = {}
+    hooks = []
+    for name in chosen:
+        def hook(mod, inputs, output, name=name):
+            seen.setdefault(name, []).append((inputs, output))
+        hooks.append(modules[name].register_forward_hook(hook))
+    was = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(example)
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was)
+    return seen
+
+
 # ---- registry -------------------------------------------------------------------------------
 
 _REGISTRY: Registry[type[Task]] = Registry("task", Task, TaskOptions, TaskError)

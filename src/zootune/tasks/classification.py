@@ -21,24 +21,14 @@ from torch import nn
 from zootune.errors import HeadError
 from pydantic import Field
 
-from zootune.tasks.base import Task, TaskError, TaskOptions, register
+from zootune.tasks.base import Task, TaskError, TaskOptions, record_forward, register
 
 def _infer_in_features(model: nn.Module, name: str, example: torch.Tensor) -> int:
     """Width of the features entering module ``name`` (one forward pass of ``example``)."""
-    seen: list[int] = []
-    hook = model.get_submodule(name).register_forward_hook(
-        lambda mod, inp, out: seen.append(int(inp[0].shape[-1])))
-    was = model.training
-    try:
-        model.eval()
-        with torch.no_grad():
-            model(example)
-    finally:
-        hook.remove()
-        model.train(was)
+    seen = record_forward(model, example, [name]).get(name)
     if not seen:
         raise HeadError(f"the stripped head {name!r} is not used in the forward pass")
-    return seen[0]
+    return int(seen[0][0][0].shape[-1])
 
 
 def find_classifier(model: nn.Module, head: str | None = None) -> str:
