@@ -8,15 +8,21 @@ are timed interleaved in rounds in one process (single thread), so machine noise
 the sources are random DER networks written in the agent file format (speed does not depend on
 their weights). Writes ``benchmarks/results/rl_speed.json`` and ``.md``.
 
-    nice -n 10 python benchmarks/rl_speed.py            # ~2 min on one core
+    nice -n 10 python benchmarks/rl_speed.py            # ~3 min on one core
     python benchmarks/rl_speed.py --rounds 3 --steps 50  # quicker, noisier
+    python benchmarks/rl_speed.py --kernels stacked,unfold,grouped   # per-sample kernels side by side
+
+``--kernels``: the per-sample conv kernels timed for ``zoo_tuning`` (each its own agent, all in the
+same interleaved rounds; the first is the headline row); ``--recompute`` as ``method.recompute``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -68,12 +74,15 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--steps", type=int, default=100, help="agent steps per method per round")
-    p.add_argument("--kernel", default="unfold")
+    p.add_argument("--kernels", default="stacked,unfold", help="comma list of per-sample kernels")
+    p.add_argument("--recompute", choices=("true", "false"), default="false")
     p.add_argument("--out", default=str(Path(__file__).parent / "results" / "rl_speed"))
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     tmp = Path(tempfile.mkdtemp())
-    base = build_rl_config({"env": {"game": "Alien"}, "method": {"kernel": args.kernel}})
+    kernels = [k for k in args.kernels.split(",") if k]
+    recompute = args.recompute == "true"
+    base = build_rl_config({"env": {"game": "Alien"}})
     srcs = []
     for i, game in enumerate(("Seaquest", "Riverraid")):
         torch.manual_seed(100 + i)
@@ -85,18 +94,24 @@ def main(argv: list[str] | None = None) -> int:
     z = support(51, -10, 10)
     obs = np.random.default_rng(1).integers(0, 255, (4, 84, 84), dtype=np.uint8)
     agents = {}
-    for m in METHODS:
-        cfg = build_rl_config({"env": {"game": "Alien"}, "method": {"name": m, "sources": srcs,
-                                                                      "kernel": args.kernel}})
+    # rows: DER, per-sample Zoo-Tuning with each kernel, lite (kernel-independent)
+    rows = {"scratch": ("scratch", kernels[0])}
+    rows.update({("zoo_tuning" if i == 0 else f"zoo_tuning[{k}]"): ("zoo_tuning", k)
+                 for i, k in enumerate(kernels)})
+    rows["zoo_tuning_lite"] = ("zoo_tuning_lite", kernels[0])
+    for row, (m, kern) in rows.items():
+        cfg = build_rl_config({"env": {"game": "Alien"}, "method": {
+            "name": m, "sources": srcs if m != "scratch" else [], "kernel": kern,
+            "recompute": recompute}})
         net = build_online(cfg.method, 18, cfg.agent, cfg.env, 0).train()
         import copy
 
         target = copy.deepcopy(net)
         opt = torch.optim.Adam(net.parameters(), lr=1e-4, eps=1.5e-4)
-        agents[m] = (cfg, net, target, OptimizerStep(opt, grad_clip=10.0))
-    times = {m: [] for m in METHODS}
+        agents[row] = (cfg, net, target, OptimizerStep(opt, grad_clip=10.0))
+    times = {m: [] for m in rows}
     for r in range(args.rounds + 1):  # round 0 warms up
-        for m in METHODS:
+        for m in rows:
             cfg, net, target, step_fn = agents[m]
             t = time.perf_counter()
             for _ in range(args.steps):
@@ -109,7 +124,9 @@ def main(argv: list[str] | None = None) -> int:
     med = {m: float(np.median(v)) for m, v in times.items()}
     res = {
         "machine": platform.processor() or platform.machine(), "torch": torch.__version__,
-        "threads": 1, "kernel": args.kernel, "rounds": args.rounds, "steps_per_round": args.steps,
+        "threads": 1, "kernels": kernels, "recompute": recompute, "rounds": args.rounds,
+        "steps_per_round": args.steps, "command": "python benchmarks/rl_speed.py " + " ".join(argv or sys.argv[1:]),
+        "load_average_1_5_15": list(os.getloadavg()), "all_rounds_s": times,
         "agent_step_s_without_env": med, "env_step_s": env_s,
         "agent_steps_per_s": {m: 1.0 / (v + env_s) for m, v in med.items()},
         "ratio_to_der": {m: (v + env_s) / (med["scratch"] + env_s) for m, v in med.items()},
@@ -119,11 +136,14 @@ def main(argv: list[str] | None = None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(res, indent=1))
     lines = ["| method | agent steps/s | step time vs DER | est. 100k run (h) |", "|---|---|---|---|"]
-    for m in METHODS:
+    for m in rows:
         lines.append(f"| {'DER' if m == 'scratch' else m} | {res['agent_steps_per_s'][m]:.1f} | "
                      f"{res['ratio_to_der'][m]:.2f}x | {res['estimated_100k_run_h'][m]:.2f} |")
-    md = (f"# RL speed (one thread, kernel={args.kernel}, median of {args.rounds} interleaved rounds "
-          f"of {args.steps} steps; env step {env_s * 1e3:.2f} ms included)\n\n" + "\n".join(lines) + "\n")
+    md = (f"# RL speed (one thread, per-sample kernels {', '.join(kernels)}, recompute={recompute}, "
+          f"median of {args.rounds} interleaved rounds of {args.steps} steps; env step "
+          f"{env_s * 1e3:.2f} ms included)\n\n`{res['command']}`; load average at the end "
+          f"{', '.join(f'{v:.1f}' for v in res['load_average_1_5_15'])} (2 cores)\n\n"
+          + "\n".join(lines) + "\n")
     out.with_suffix(".md").write_text(md)
     print(md)
     return 0

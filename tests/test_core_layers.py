@@ -94,7 +94,7 @@ CONV_CASES = [
 
 
 @pytest.mark.parametrize("cfg", CONV_CASES, ids=lambda c: ",".join(f"{k}={v}" for k, v in c.items()))
-@pytest.mark.parametrize("kernel", ["grouped", "loop", "unfold"])
+@pytest.mark.parametrize("kernel", ["grouped", "loop", "unfold", "stacked"])
 @pytest.mark.parametrize("recompute", [True, False])
 def test_conv_matches_naive_loop(cfg, kernel, recompute):
     srcs = _sources(lambda: nn.Conv2d(**cfg))
@@ -147,7 +147,7 @@ def test_auto_kernel_is_exact_and_remembered():
     before = len(kernel_choices())
     torch.testing.assert_close(auto(x), grouped(x))
     assert len(kernel_choices()) == before + 1
-    assert set(kernel_choices().values()) <= {"grouped", "loop", "unfold"}
+    assert set(kernel_choices().values()) <= {"grouped", "loop", "unfold", "stacked"}
 
 
 def test_gradients_reach_every_source_alignment_and_gate():

@@ -162,3 +162,66 @@ def test_registered_procedural_splits_record_their_scheme():
 
     with pytest.raises(DataError, match="unknown data.options"):
         build_data(DataConfig(name="procedural_faces", options={"trian": 3}))
+
+
+def test_a_face_does_not_depend_on_what_else_is_rendered_or_cached():
+    """Face i is a pure function of (seed, split, i): alone, in a batch, in another order, through
+    a data set of another length or with no cache, it is the same image and the same points."""
+    from zootune.data.landmarks.faces import BLOCK, SPLIT_OFFSETS, render_face, render_faces
+
+    ids = [3, BLOCK + 1, 5, 2 * BLOCK - 1]
+    imgs, kps = render_faces(4, ids, 32)
+    rev_imgs, rev_kps = render_faces(4, ids[::-1], 32)
+    for j, i in enumerate(ids):
+        im, kp = render_face(4, i, 32)
+        assert np.array_equal(im, imgs[j]) and np.array_equal(kp, kps[j])
+        assert np.array_equal(im, rev_imgs[len(ids) - 1 - j]) and np.array_equal(kp, rev_kps[len(ids) - 1 - j])
+    short, long_ = ProceduralFaces(6, seed=4, size=32), ProceduralFaces(3 * BLOCK, seed=4, size=32, cache_mb=0)
+    for i in (5, 3):
+        a, b = short[i], long_[i]
+        assert torch.equal(a["image"], b["image"]) and torch.equal(a["keypoints"], b["keypoints"])
+        assert torch.equal(a["image"], torch.from_numpy(render_face(4, i, 32)[0]).float() / 255)
+    val = ProceduralFaces(2, seed=4, size=32, split="val")[1]
+    assert torch.equal(val["keypoints"], torch.from_numpy(render_face(4, SPLIT_OFFSETS["val"] + 1, 32)[1]))
+    # the cache drops blocks beyond its budget and serves the same values afterwards
+    ds = ProceduralFaces(3 * BLOCK, seed=4, size=32, cache_mb=0)
+    first = ds[0]["image"].clone()
+    ds[2 * BLOCK], ds[BLOCK]
+    assert len(ds._cache) == 1 and torch.equal(ds[0]["image"], first)
+
+
+def test_face_random_numbers_are_per_slot_hashes():
+    from zootune.data.landmarks.faces import face_uniforms
+
+    u = face_uniforms(7, np.arange(2000), slots=16)
+    assert np.array_equal(face_uniforms(7, [1234], slots=16)[0], u[1234])
+    assert np.array_equal(face_uniforms(7, [5], slots=4)[0], u[5, :4])  # slot k does not depend on the count
+    assert not np.array_equal(face_uniforms(8, [5], slots=4), u[5:6, :4])
+    assert 0 <= u.min() and u.max() < 1
+    # roughly uniform and uncorrelated across faces and slots
+    assert abs(u.mean() - 0.5) < 0.01 and abs(u.std() - 12 ** -0.5) < 0.01
+    c = np.corrcoef(u.T)
+    assert np.abs(c - np.eye(16)).max() < 0.1
+    hist = np.histogram(u, bins=10, range=(0, 1))[0] / u.size
+    assert np.abs(hist - 0.1).max() < 0.01
+
+
+def test_every_face_feature_is_drawn_where_its_landmarks_are():
+    """The sclera is filled inside each eye polygon: with occlusion off, the pixel at the centre
+    between an eye's upper and lower lid differs from the skin beside the eye (outside it)."""
+    from zootune.data.landmarks.faces import render_faces
+
+    imgs, kps = render_faces(11, np.arange(64), 128, occlusion=0.0)
+    hits = total = 0
+    for im, kp in zip(imgs.astype(np.float32), kps):
+        for base in (36, 42):
+            eye = kp[base:base + 6]
+            h = min(np.linalg.norm(eye[1] - eye[5]), np.linalg.norm(eye[2] - eye[4]))
+            if h < 3:  # a blink: nothing to see
+                continue
+            inside = (eye[1] + eye[5]) / 2
+            below = eye[5] + (eye[5] - eye[1]) * 1.0  # as far below the lower lid as the eye is high
+            px = lambda p: im[:, int(p[1]), int(p[0])]  # noqa: E731
+            total += 1
+            hits += float(np.abs(px(inside) - px(below)).sum()) > 30
+    assert total > 40 and hits / total > 0.9

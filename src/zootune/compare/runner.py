@@ -9,7 +9,9 @@ linked into the method's run as ``stages/<name>`` (where :func:`zootune.train.ru
 them finished). So each fine-tuned source is trained once per (source, seed, recipe), whatever
 the number of methods that use it.
 
-A run is finished when its folder holds ``compare.json`` (metrics, measured costs, wall time);
+A run is finished when its folder holds ``compare.json`` (metrics, measured costs, wall time,
+and for a model with per-sample gates the routing statistics of :mod:`zootune.compare.routing`
+on its test split);
 ``OUT/cells.json`` records every finished cell. Running a comparison again skips finished cells
 and resumes an unfinished run from its latest checkpoint (``train.checkpoint_every``).
 """
@@ -191,8 +193,10 @@ def train_run(cfg: Config, run_dir: Path, *, stage_dirs: dict[str, Path] | None 
     zoo = None if needs_heads else loaded.zoos.get(zk)
     data = loaded.data.get(dk)
     costs: dict[str, Any] = {}
+    last: dict[str, Any] = {}
 
     def on_stage(name: str, run: Any) -> None:
+        last["run"] = run
         if not needs_heads:
             loaded.zoos.setdefault(zk, run.zoo)
         loaded.data.setdefault(dk, run.data)
@@ -206,9 +210,17 @@ def train_run(cfg: Config, run_dir: Path, *, stage_dirs: dict[str, Path] | None 
     res = run_config(cfg, run_dir, resume=resume, report=report, zoo=zoo, data=data, on_stage=on_stage)
     if res.interrupted:
         return None
+    wall = time.time() - t0
     record = {"config_key": run_key(cfg), "method": cfg.method.model_dump(mode="json"),
               "seed": cfg.train.seed, "steps": res.steps, "metrics": res.metrics,
-              "wall_time_s": time.time() - t0, "best_step": res.best_step, "costs": costs}
+              "wall_time_s": wall, "best_step": res.best_step, "costs": costs}
+    if "run" in last:  # per-sample gates only (not timed: an analysis, not training)
+        from zootune.compare.routing import routing_report
+
+        run = last["run"]
+        rep = routing_report(res.model, run.data, input_field=run.task.input_field)
+        if rep is not None:
+            record["routing"] = rep
     atomic_write_text(run_dir / RUN_RECORD, json.dumps(record, indent=2, default=str))
     return record
 
@@ -270,6 +282,7 @@ def run_compare(spec: CompareSpec, out_dir: str | Path | None = None, *,
             "method": cfg.method.name, "source": cell.source,
             "run": str(main_dir.relative_to(out)), "steps": rec["steps"],
             "metrics": rec["metrics"], "costs": rec["costs"], "wall_time_s": rec["wall_time_s"],
+            "routing": rec.get("routing"),
             "stages": {n: {"run": str(stage_dirs[n].relative_to(out)), "costs": r.get("costs", {}),
                            "wall_time_s": r["wall_time_s"], "metrics": r["metrics"]}
                        for n, r in stage_records.items()},

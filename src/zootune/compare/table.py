@@ -57,6 +57,33 @@ def _total_costs(rec: dict[str, Any]) -> dict[str, float]:
     }
 
 
+_ROUTING_KEYS = ("spread", "relative_spread", "mi_argmax", "mi_argmax_chance", "mi_binned",
+                 "mi_binned_chance", "domain_gap")
+
+
+def _routing_summary(recs: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """Gate-routing statistics (:mod:`zootune.compare.routing`) over the seeds of one row:
+    each overall statistic's mean and std over seeds, and per layer the mean over seeds."""
+    reps = [r["routing"] for r in recs if r.get("routing")]
+    if not reps:
+        return None
+    out: dict[str, Any] = {"seeds": len(reps), "samples": reps[0].get("samples"),
+                           "domains": reps[0].get("domains"),
+                           "domain_entropy": reps[0].get("domain_entropy")}
+    for k in _ROUTING_KEYS:
+        vals = [r["overall"][k] for r in reps if k in (r.get("overall") or {})]
+        if vals:
+            out[k], out[f"{k}_std"] = _mean_std(vals)
+    layers: dict[str, dict[str, float]] = {}
+    for name in reps[0].get("layers", {}):
+        per = [r["layers"][name] for r in reps if name in r.get("layers", {})]
+        layers[name] = {k: statistics.fmean(p[k] for p in per) for k in _ROUTING_KEYS
+                        if all(k in p for p in per)}
+        layers[name]["mean"] = [statistics.fmean(v) for v in zip(*(p["mean"] for p in per))]
+    out["layers"] = layers
+    return out
+
+
 def summarize(spec: CompareSpec, plan: list[Cell], cells: dict[str, Any]) -> dict[str, Any]:
     """Rows of the table (JSON-able); see the module docstring for what is chosen how."""
     metric, higher, percent = _task_info(plan)
@@ -109,6 +136,7 @@ def summarize(spec: CompareSpec, plan: list[Cell], cells: dict[str, Any]) -> dic
                for k in ("train_flops", "train_params", "inference_flops", "inference_params",
                          "wall_time_s")},
             "variants": variants or {},
+            "routing": _routing_summary(list(per_seed.values())),
         }
 
     for entry, variants in by_entry.items():
@@ -190,11 +218,46 @@ def format_markdown(spec: CompareSpec, summary: dict[str, Any]) -> str:
         for r in grids:
             lines.append(f"- {r['label']}: " + "; ".join(
                 f"{{{v}}} {_fmt(x, pct)}" for v, x in r["variants"].items()))
+    lines += _routing_markdown(rows)
     ref = summary.get("reference") or {}
     if ref:
         lines += ["", "Best single source per seed (on validation): " + ", ".join(
             f"seed {s}: {r['entry']}" for s, r in ref.items())]
     return "\n".join(lines) + "\n"
+
+
+def _routing_markdown(rows: list[dict[str, Any]]) -> list[str]:
+    """The "do the gates route?" table: rows with per-sample gates only."""
+    routed = [r for r in rows if r.get("routing")]
+    if not routed:
+        return []
+
+    def ms(rt: dict[str, Any], k: str, digits: int = 3) -> str:
+        if rt.get(k) is None:
+            return "—"
+        return f"{rt[k]:.{digits}f} ± {rt.get(f'{k}_std') or 0:.{digits}f}"
+
+    out = ["", "Do the gates route? Per-sample gates on the test split, averaged over the "
+           "aggregated layers, mean ± std over seeds (`zootune.compare.routing`): spread = mean "
+           "over sources of the gate's std across samples (relative: / mean gate); MI = mutual "
+           "information (bits) between the sub-domain and the arg-max source, or the most "
+           "informative source's gate in equal-count bins, beside its chance level (domain "
+           "labels shuffled) and H(domain), the most it can be; gap = largest total-variation "
+           "distance between two sub-domains' mean gates. Per-layer values are in results.json.",
+           "", "| method | spread | relative spread | MI arg-max (chance) | MI binned (chance) | "
+           "H(domain) | gap | sub-domains |", "|---|---|---|---|---|---|---|---|"]
+    for r in routed:
+        rt = r["routing"]
+        label = r["label"] + (f" {{{r['variant']}}}" if r["variant"] else "")
+        doms = ", ".join(f"{k} {v}" for k, v in (rt.get("domains") or {}).items()) or "none given"
+        h = "—" if rt.get("domain_entropy") is None else f"{rt['domain_entropy']:.3f}"
+        mi_a = "—" if rt.get("mi_argmax") is None else \
+            f"{ms(rt, 'mi_argmax')} ({rt['mi_argmax_chance']:.3f})"
+        mi_b = "—" if rt.get("mi_binned") is None else \
+            f"{ms(rt, 'mi_binned')} ({rt['mi_binned_chance']:.3f})"
+        out.append(f"| {label} | {ms(rt, 'spread', 4)} | {ms(rt, 'relative_spread')} | {mi_a} | "
+                   f"{mi_b} | {h} | {ms(rt, 'domain_gap')} | {doms} |")
+    return out
 
 
 def write_tables(spec: CompareSpec, summary: dict[str, Any], cells: dict[str, Any],

@@ -26,6 +26,11 @@ _REGISTRY: dict[str, str | DatasetBuilder] = {
     "300w": "zootune.data.landmarks:build_300w",
     "wflw": "zootune.data.landmarks:build_wflw",
     "cofw": "zootune.data.landmarks:build_cofw",
+    # the paper's targets that torchvision reads (offline: data.root holds the files)
+    "cifar100": "zootune.data.torchvision_sets:build_cifar100",
+    "aircraft": "zootune.data.torchvision_sets:build_aircraft",
+    "stanford_cars": "zootune.data.torchvision_sets:build_stanford_cars",
+    "eurosat": "zootune.data.torchvision_sets:build_eurosat",
 }
 
 

@@ -164,6 +164,8 @@ def target_splits(labels_per_class: int | None = 10, seed: int = 0, *, greek: bo
         test=sub(test_idx),
         classes=classes,
         info={"name": "demo_target", "greek": greek, "labels_per_class": labels_per_class,
+              # the sub-domain of each class (read by zootune.compare.routing: do gates route?)
+              "class_domains": ["digits"] * 10 + ["greek"] * (len(classes) - 10),
               "seed": seed, "train": len(train_idx), "val": len(val_idx), "test": len(test_idx),
               "resolution": resolution,
               # what evaluation feeds the model: the (1, resolution, resolution) tensors as they are

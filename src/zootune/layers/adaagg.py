@@ -5,7 +5,9 @@ For every sample ``b`` (paper Eq. 2)::
     W_b = sum_i a_bi * T_i W_i          a_b = A(h_b)  (gate.py),  T_i = I + D_i  (align.py)
     b_b = sum_i a_bi * T_i bias_i       (biases aggregate the same way)
 
-and the layer applies ``W_b`` to sample ``b`` with an exact per-sample kernel (kernels.py).
+and the layer applies ``W_b`` to sample ``b`` with an exact per-sample kernel (kernels.py) — or,
+with ``kernel="stacked"``, never forms ``W_b``: one convolution with the ``m`` aligned weights
+stacked along the output channels and a per-sample weighted sum of its ``m`` outputs.
 
 Lite mode (§3.3): in training, every sample of the batch uses the batch-mean gate, so the layer
 runs one ordinary convolution with one merged kernel; the batch means feed the temporal ensemble
@@ -240,7 +242,8 @@ class AdaAggConv2d(AdaAggBase):
             else:
                 self._observe(a)
                 w, b = self._cached("aligned", self.aligned)
-                kern = conv_kernel(self.kernel, self.spec, xp, (x.shape[0],) + tuple(w.shape[1:]))
+                kern = conv_kernel(self.kernel, self.spec, xp, (x.shape[0],) + tuple(w.shape[1:]),
+                                   num_sources=self.num_sources, recompute=self.recompute)
                 if torch.is_grad_enabled():
                     self.train_kernel = kern.name  # what "auto" picked for training (a plan entry)
                 y = per_sample(xp, a, w, kern, self.recompute)

@@ -8,10 +8,19 @@ offers several exact ways to apply ``W_b`` to ``x_b``, all with the FLOPs of one
 * ``loop``:    one ordinary convolution per sample (fast when each sample's work is large);
 * ``unfold``:  im2col (``F.unfold``) then a batched matrix product with the per-sample weights
   (fast at small spatial sizes, where the other two are dominated by per-sample overheads);
-* ``bmm``:     a batched matrix product, for 1x1 convolutions (padding 0, groups 1) and Linear.
+* ``bmm``:     a batched matrix product, for 1x1 convolutions (padding 0, groups 1) and Linear;
+* ``stacked``: no per-sample weights at all. A convolution is linear in its weight, so
+  ``conv(x_b, sum_i a_bi W~_i) = sum_i a_bi conv(x_b, W~_i)``: ONE ordinary convolution of the
+  whole batch with the ``m`` aligned source weights stacked along the output channels
+  (``m * C_out`` outputs), then a per-sample weighted sum of the ``m`` outputs with the gates.
+  About ``m`` times the FLOPs of one layer, but no ``B x |W|`` tensor in memory and a backward
+  of ordinary convolution passes — it wins for small ``m`` with small kernels or few output
+  positions (the RL network), loses for ``m = 5`` ResNet-50 convolutions
+  (:class:`StackedConv`, :class:`StackedPerSample`).
 
-Which of ``grouped``, ``loop`` and ``unfold`` is fastest depends on the shape and the backend;
-``auto`` times them once per layer shape and remembers the winner (:func:`choose_conv_kernel`).
+Which of ``grouped``, ``loop``, ``unfold`` and ``stacked`` is fastest depends on the shape and
+the backend; ``auto`` times them once per layer shape and remembers the winner
+(:func:`choose_conv_kernel`).
 
 :class:`AggregatedPerSample` is the autograd function that ties aggregation and kernel together:
 it computes ``W_b`` from the gates ``a`` (B, m) and the aligned source weights ``w`` (m, ...),
@@ -33,7 +42,7 @@ from torch.autograd.function import once_differentiable
 
 from .workspace import scratch
 
-CONV_KERNELS = ("auto", "grouped", "loop", "unfold")
+CONV_KERNELS = ("auto", "grouped", "loop", "unfold", "stacked")
 
 
 @dataclass(frozen=True)
@@ -251,6 +260,149 @@ class PerSampleLinear(Kernel):
         return gx, gw
 
 
+class StackedConv:
+    """``y_b = sum_i a_bi conv(x_b, W~_i)``: one convolution with the ``m`` source weights
+    stacked along the output channels, then a per-sample weighted sum with the gates.
+
+    Unlike the :class:`Kernel` classes it takes the gates and the aligned source weights, not
+    per-sample weights; :func:`per_sample` runs it through :class:`StackedPerSample`. With
+    ``groups = g`` the stacked weight is laid out group by group (``g x m x C_out/g`` outputs),
+    so one grouped convolution still serves every source. Works for every convolution the
+    other kernels handle (1x1 included, when asked for by name).
+    """
+
+    name = "stacked"
+
+    def __init__(self, spec: ConvSpec):
+        self.spec = spec
+
+    # layouts ---------------------------------------------------------------------------------
+
+    def stack(self, w: torch.Tensor) -> torch.Tensor:
+        """``w`` (m, C_out, C_in/g, kH, kW) -> the stacked weight (g*m*C_out/g, C_in/g, kH, kW)."""
+        m, cout, g = w.shape[0], w.shape[1], self.spec.groups
+        if g == 1:
+            return w.reshape(m * cout, *w.shape[2:])
+        return w.view(m, g, cout // g, *w.shape[2:]).transpose(0, 1).reshape(m * cout, *w.shape[2:])
+
+    def unstack(self, ws: torch.Tensor, m: int) -> torch.Tensor:
+        """Inverse of :meth:`stack` (for the weight gradient)."""
+        g = self.spec.groups
+        cout = ws.shape[0] // m
+        if g == 1:
+            return ws.view(m, cout, *ws.shape[1:])
+        return ws.view(g, m, cout // g, *ws.shape[1:]).transpose(0, 1).reshape(m, cout, *ws.shape[1:])
+
+    def transposed(self, w: torch.Tensor) -> torch.Tensor:
+        """The weight of the transposed convolution that gives every source's input gradient
+        ``conv^T(gy_b, W~_i)`` at once: (C_out, m*C_in/g, kH, kW), grouped like the input."""
+        m, cout, cin_g = w.shape[:3]
+        return w.transpose(0, 1).reshape(cout, m * cin_g, *w.shape[3:])
+
+    # pieces ----------------------------------------------------------------------------------
+
+    def conv(self, x: torch.Tensor, ws: torch.Tensor) -> torch.Tensor:
+        s = self.spec
+        return F.conv2d(x, ws, None, s.stride, s.padding, s.dilation, s.groups)
+
+    def combine(self, a: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """``sum_i a_bi t_bi`` for ``t`` (B, g*m*C/g, ...) laid out as :meth:`stack` -> (B, C, ...)."""
+        b, m, g = a.shape[0], a.shape[1], self.spec.groups
+        tv = t.reshape(b * g, m, -1)
+        ag = a if g == 1 else a.repeat_interleave(g, dim=0)
+        y = torch.bmm(ag.unsqueeze(1), tv)  # (B*g, 1, K)
+        return y.view(b, t.shape[1] // m, *t.shape[2:])
+
+    def gate_grad(self, t: torch.Tensor, g_out: torch.Tensor, m: int) -> torch.Tensor:
+        """``<g_out_b, t_bi>`` for every sample and source -> (B, m)."""
+        b, g = t.shape[0], self.spec.groups
+        ga = torch.bmm(t.reshape(b * g, m, -1), g_out.reshape(b * g, -1, 1))  # (B*g, m, 1)
+        return ga.view(b, g, m).sum(1) if g > 1 else ga.view(b, m)
+
+    def spread(self, a: torch.Tensor, gy: torch.Tensor) -> torch.Tensor:
+        """``a_bi * gy_b`` laid out as the stacked output: the gradient of ``t``."""
+        b, m, g = a.shape[0], a.shape[1], self.spec.groups
+        out = a.view(b, 1, m, 1) * gy.reshape(b, g, 1, -1)
+        return out.view(b, m * gy.shape[1], *gy.shape[2:])
+
+    def input_grads(self, w: torch.Tensor, gy: torch.Tensor, in_hw: tuple[int, int]) -> torch.Tensor:
+        """Every source's input gradient ``conv^T(gy_b, W~_i)``: (B, g*m*C_in/g, H, W)."""
+        s, (kh, kw) = self.spec, w.shape[-2:]
+        pad = []
+        for n, o, st, p, d, k in zip(in_hw, gy.shape[-2:], s.stride, s.padding, s.dilation, (kh, kw)):
+            pad.append(n - ((o - 1) * st - 2 * p + d * (k - 1) + 1))
+        return F.conv_transpose2d(gy, self.transposed(w), None, s.stride, s.padding, tuple(pad),
+                                  s.groups, s.dilation)
+
+
+class StackedPerSample(torch.autograd.Function):
+    """``y_b = sum_i a_bi conv(x_b, w_i)`` (:class:`StackedConv`) with exact gradients.
+
+    With ``t_bi = conv(x_b, w_i)`` (one stacked convolution) and ``gy`` the output gradient:
+    ``grad w_i = sum_b conv_wgrad(x_b, a_bi gy_b)`` and ``grad x_b = sum_i a_bi conv^T(gy_b, w_i)``
+    (one ordinary convolution backward with the stacked weight), and
+    ``grad a_bi = <gy_b, t_bi> = <conv^T(gy_b, w_i), x_b>``.
+
+    ``recompute=False`` keeps ``t`` (m outputs per sample) for the gate gradient.
+    ``recompute=True`` keeps only ``x, a, w``, like the per-sample kernels: when the input needs
+    a gradient the gate gradient comes from the per-source input gradients (no extra FLOPs: the
+    transposed convolution replaces the input-gradient pass), otherwise ``t`` is recomputed.
+    """
+
+    @staticmethod
+    def forward(ctx, x, a, w, kernel: StackedConv, recompute: bool):  # type: ignore[override]
+        ac, wc = a.to(x.dtype), w.to(x.dtype)
+        t = kernel.conv(x, kernel.stack(wc))
+        y = kernel.combine(ac, t)
+        need_x, need_a = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        ctx.kernel = kernel
+        ctx.dtypes = (a.dtype, w.dtype)
+        ctx.keep_t = need_a and not recompute
+        if ctx.keep_t:
+            ctx.save_for_backward(x, a, w, t)
+        else:
+            ctx.save_for_backward(x, a, w)
+        return y
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, gy):  # type: ignore[override]
+        k: StackedConv = ctx.kernel
+        s = k.spec
+        x, a, w = ctx.saved_tensors[:3]
+        t = ctx.saved_tensors[3] if ctx.keep_t else None
+        need_x, need_a, need_w = ctx.needs_input_grad[:3]
+        m = w.shape[0]
+        ac, wc = a.to(x.dtype), w.to(x.dtype)
+        gy = gy.to(x.dtype)
+        gx = ga = None
+        # the gate gradient from the input side: per-source input gradients (no t needed)
+        via_input = need_a and t is None and need_x
+        if via_input:
+            gxs = k.input_grads(wc, gy, tuple(x.shape[-2:]))  # (B, g*m*C_in/g, H, W)
+            ga = k.gate_grad(gxs, x, m)
+            gx = k.combine(ac, gxs)
+        elif need_a:
+            if t is None:
+                t = k.conv(x, k.stack(wc))
+            ga = k.gate_grad(t, gy, m)
+        ws = k.stack(wc)
+        want_x = need_x and not via_input
+        gw = None
+        if want_x or need_w:
+            gxc, gws, _ = torch.ops.aten.convolution_backward(
+                k.spread(ac, gy), x, ws, None, list(s.stride), list(s.padding), list(s.dilation),
+                False, [0, 0], s.groups, [want_x, need_w, False],
+            )
+            if want_x:
+                gx = gxc
+            if need_w:
+                gw = k.unstack(gws, m).to(ctx.dtypes[1])
+        if ga is not None:
+            ga = ga.to(ctx.dtypes[0])
+        return gx, ga, gw, None, None
+
+
 # --------------------------------------------------------------------------------------------
 # Choosing a convolution kernel
 # --------------------------------------------------------------------------------------------
@@ -282,7 +434,9 @@ def _time_kernel(
     return best
 
 
-#: Below this many multiply-adds per forward, ``auto`` picks ``grouped`` without timing.
+#: Below this many multiply-adds per forward, ``auto`` does not time the per-sample kernels
+#: (``grouped``: one call beats B calls); with the number of sources known it still times
+#: ``grouped`` against ``stacked`` (small layers are where ``stacked`` wins, and timing them is cheap).
 AUTOTUNE_MIN_MACS = 50_000_000
 
 
@@ -293,17 +447,74 @@ def _macs(x: torch.Tensor, weight_shape: tuple[int, ...], spec: ConvSpec) -> int
     return b * cout * cin_g * kh * kw * max(h, 0) * max(w, 0)
 
 
+class PerSampleShape(tuple):
+    """A per-sample weight shape ``(B, C_out, C_in/groups, kH, kW)`` that also says how the
+    layer aggregates: ``num_sources`` (m) and ``recompute``. Given this (rather than a plain
+    tuple), :func:`choose_conv_kernel` times every candidate as the whole aggregated operation
+    (aggregation, kernel, and in training the backward with the gate and source gradients) and
+    includes ``stacked``."""
+
+    num_sources: int
+    recompute: bool
+
+    def __new__(cls, shape, num_sources: int, recompute: bool = True):
+        obj = super().__new__(cls, tuple(int(v) for v in shape))
+        obj.num_sources = int(num_sources)
+        obj.recompute = bool(recompute)
+        return obj
+
+
+def _time_op(
+    kernel, x: torch.Tensor, a: torch.Tensor, w: torch.Tensor, training: bool, need_x: bool,
+    recompute: bool, repeats: int = 3,
+) -> float:
+    """Best-of-``repeats`` seconds of ``per_sample`` forward (+ backward when ``training``)."""
+    x = x.detach().requires_grad_(need_x)
+    a = a.detach().requires_grad_(training)
+    w = w.detach().requires_grad_(training)
+    with torch.no_grad():
+        gy = torch.randn_like(per_sample(x, a, w, kernel, recompute))
+
+    def step():
+        if training:
+            with torch.enable_grad():
+                per_sample(x, a, w, kernel, recompute).backward(gy)
+            x.grad = a.grad = w.grad = None
+        else:
+            with torch.no_grad():
+                per_sample(x, a, w, kernel, recompute)
+
+    step()  # warm-up (allocator, backend kernel selection)
+    if x.is_cuda:
+        torch.cuda.synchronize(x.device)
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        step()
+        if x.is_cuda:
+            torch.cuda.synchronize(x.device)
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
 def choose_conv_kernel(
     spec: ConvSpec, x: torch.Tensor, weight_shape: tuple[int, ...]
 ) -> str:
-    """Time ``grouped``, ``loop`` and ``unfold`` once for this shape and remember the fastest.
+    """Time the candidate kernels once for this shape and remember the fastest.
 
-    Training (autograd on) times forward + backward, inference the forward only. ``weight_shape`` is the per-sample weight's (B, C_out, C_in/groups, kH, kW). The key holds
-    everything that changes which is faster: shapes, hyper-parameters, dtype, device and memory
-    format. The timing runs outside autograd on random data of the real shape.
+    ``weight_shape`` is the per-sample weight's (B, C_out, C_in/groups, kH, kW). A plain tuple
+    times ``grouped``, ``loop`` and ``unfold`` as bare kernels; a :class:`PerSampleShape`
+    (what AdaAgg layers pass) times them and ``stacked`` as the whole aggregated operation, with
+    the layer's ``num_sources`` and ``recompute``. Below :data:`AUTOTUNE_MIN_MACS` only
+    ``grouped`` (and ``stacked`` when m is known) are considered. Training (autograd on) times
+    forward + backward, inference the forward only. The key holds everything that changes which
+    is faster: shapes, hyper-parameters, m, recompute, dtype, device and memory format. The
+    timing runs on random data of the real shape.
     """
     training = torch.is_grad_enabled()  # inference only needs the forward to be fast
     need_x = training and x.requires_grad
+    m = getattr(weight_shape, "num_sources", None)
+    recompute = getattr(weight_shape, "recompute", True)
     key = (
         tuple(x.shape),
         tuple(weight_shape),
@@ -313,20 +524,33 @@ def choose_conv_kernel(
         x.is_contiguous(memory_format=torch.channels_last),
         training,
         need_x,
-    )
+    ) + ((m, recompute) if m is not None else ())
     choice = _CHOICES.get(key)
-    if choice is None and _macs(x, weight_shape, spec) < AUTOTUNE_MIN_MACS:
-        choice = _CHOICES[key] = "grouped"  # too small to be worth timing: one call beats B calls
-    if choice is None:
-        with torch.no_grad():
-            xs = torch.randn_like(x)
-            ws = torch.randn(weight_shape, dtype=x.dtype, device=x.device)
-            times = {
-                k.name: _time_kernel(k, xs, ws, training, need_x)
-                for k in (GroupedConv(spec), LoopConv(spec), UnfoldConv(spec))
-            }
+    if choice is not None:
+        return choice
+    small = _macs(x, tuple(weight_shape), spec) < AUTOTUNE_MIN_MACS
+    if m is None:
+        if small:
+            choice = "grouped"  # too small to be worth timing: one call beats B calls
+        else:
+            with torch.no_grad():
+                xs = torch.randn_like(x)
+                ws = torch.randn(tuple(weight_shape), dtype=x.dtype, device=x.device)
+                times = {
+                    k.name: _time_kernel(k, xs, ws, training, need_x)
+                    for k in (GroupedConv(spec), LoopConv(spec), UnfoldConv(spec))
+                }
+            choice = min(times, key=times.get)
+    else:
+        cands = [GroupedConv(spec), StackedConv(spec)]
+        if not small:
+            cands[1:1] = [LoopConv(spec), UnfoldConv(spec)]
+        xs = torch.randn_like(x)
+        a = torch.rand(x.shape[0], m, dtype=x.dtype, device=x.device)
+        w = torch.randn((m, *tuple(weight_shape)[1:]), dtype=x.dtype, device=x.device)
+        times = {k.name: _time_op(k, xs, a, w, training, need_x, recompute) for k in cands}
         choice = min(times, key=times.get)
-        _CHOICES[key] = choice
+    _CHOICES[key] = choice
     return choice
 
 
@@ -336,22 +560,31 @@ def kernel_choices() -> dict[tuple, str]:
 
 
 def conv_kernel(
-    name: str, spec: ConvSpec, x: torch.Tensor, weight_shape: tuple[int, ...]
-) -> Kernel:
+    name: str, spec: ConvSpec, x: torch.Tensor, weight_shape: tuple[int, ...],
+    num_sources: int | None = None, recompute: bool = True,
+) -> Kernel | StackedConv:
     """The kernel for a per-sample convolution; ``name`` is one of ``CONV_KERNELS``.
 
-    1x1 convolutions without padding or groups always use the batched matrix product.
+    ``weight_shape`` is the per-sample weight's (B, C_out, C_in/groups, kH, kW);
+    ``num_sources`` and ``recompute`` (what the layer aggregates and how) let ``auto`` time
+    ``stacked`` too. 1x1 convolutions without padding or groups use the batched matrix product
+    unless ``stacked`` is asked for by name.
     """
+    if name == "stacked":
+        return StackedConv(spec)
     if spec.is_pointwise(tuple(weight_shape[-2:])):
         return PointwiseConv(spec)
     if name == "auto":
-        name = choose_conv_kernel(spec, x, weight_shape)
+        shape = weight_shape if num_sources is None else PerSampleShape(weight_shape, num_sources, recompute)
+        name = choose_conv_kernel(spec, x, shape)
     if name == "grouped":
         return GroupedConv(spec)
     if name == "loop":
         return LoopConv(spec)
     if name == "unfold":
         return UnfoldConv(spec)
+    if name == "stacked":
+        return StackedConv(spec)
     raise ValueError(f"unknown per-sample conv kernel {name!r}; choose one of {CONV_KERNELS}")
 
 
@@ -419,9 +652,15 @@ class AggregatedPerSample(torch.autograd.Function):
 
 
 def per_sample(
-    x: torch.Tensor, a: torch.Tensor, w: torch.Tensor, kernel: Kernel, recompute: bool = True
+    x: torch.Tensor, a: torch.Tensor, w: torch.Tensor, kernel: Kernel | StackedConv,
+    recompute: bool = True,
 ) -> torch.Tensor:
-    """Apply per-sample aggregated weights (see :class:`AggregatedPerSample`)."""
+    """``y_b = conv_or_linear(x_b, sum_i a_bi w_i)`` for gates ``a`` (B, m) and aligned source
+    weights ``w`` (m, ...): :class:`AggregatedPerSample` for the per-sample kernels,
+    :class:`StackedPerSample` for ``stacked``. ``recompute``: keep only ``x, a, w`` for backward
+    (True) or also the kernel's intermediate (per-sample weights, or stacked outputs)."""
+    if isinstance(kernel, StackedConv):
+        return StackedPerSample.apply(x, a, w, kernel, recompute)
     return AggregatedPerSample.apply(x, a, w, kernel, recompute)
 
 

@@ -128,7 +128,7 @@ class MethodConfig(Section):
     gate_init: Literal["uniform", "kaiming", "default"] = "uniform"
     #: per-sample conv kernel; a fixed one keeps resumed runs bit-identical (``auto`` times them).
     #: ``unfold`` without recomputation was the fastest for DER's shapes here (benchmarks/rl_speed.py)
-    kernel: Literal["auto", "grouped", "unfold", "loop"] = "unfold"
+    kernel: Literal["auto", "grouped", "unfold", "loop", "stacked"] = "unfold"
     #: recompute per-sample weights in backward (saves B x |W| memory: 6.5 MB at batch 32 here)
     recompute: bool = False
 
