@@ -156,3 +156,26 @@ def test_auto_times_stacked_with_the_number_of_sources(monkeypatch):
     torch.testing.assert_close(out, ref)
     for n in g_ref:
         torch.testing.assert_close(g_fast[n], g_ref[n], msg=f"gradient of {n}")
+
+
+def test_lite_train_mode_without_autograd_caches_alignment_exactly():
+    """Lite, training mode, autograd off (acting / target networks): the aligned weights are
+    cached, the output equals the uncached forward, and the cache follows parameter updates."""
+    srcs = _sources(lambda: nn.Conv2d(3, 4, 3, padding=1))
+    layer = AdaAggConv2d(srcs, kernel="grouped", align=True, lite=True, gate="normalized",
+                         gate_init="default", gate_hidden=None, te_momentum=0.9, recompute=True)
+    layer.track_gates = False
+    with torch.no_grad():
+        layer.align.delta.normal_(0, 0.1)
+    layer.train()
+    x = torch.randn(3, 3, 6, 6, dtype=torch.float64)
+    with torch.no_grad():
+        y1 = layer(x)
+        assert layer._cache is not None and layer._cache_key[0] == "aligned"
+        torch.testing.assert_close(layer(x), y1)
+    torch.testing.assert_close(layer(x), y1)  # autograd on: computed afresh, same numbers
+    with torch.no_grad():
+        layer.align.delta.add_(0.05)
+        y2 = layer(x)
+    torch.testing.assert_close(y2, layer(x))
+    assert not torch.allclose(y1, y2)

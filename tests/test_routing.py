@@ -148,7 +148,7 @@ def test_a_real_per_sample_zoo_model_is_analysed_and_lite_is_not():
     assert set(rep["layers"]) == set(zm.layer_names) and rep["samples"] == 40
     assert rep["domains"] == {"p": 20, "q": 20} and rep["domain_entropy"] == pytest.approx(1.0)
     # the collected gates are exactly what the gate networks compute per sample
-    gates, idx = collect_gates(zm, ds)
+    gates, _idx = collect_gates(zm, ds)
     first = zm.adaagg_layers()[zm.layer_names[0]]
     expect = first.gate(ds.x.mean(dim=(-2, -1)))
     assert np.allclose(gates[zm.layer_names[0]], expect.detach().numpy(), atol=1e-6)

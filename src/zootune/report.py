@@ -34,19 +34,27 @@ def count_flops(model: nn.Module, example: torch.Tensor, train: bool = False) ->
 
     A training-mode forward would update BatchNorm running statistics and a Zoo-Tuning model's
     gate statistics: it runs under :func:`zootune.batchnorm.frozen_statistics`, so the model's
-    state is left untouched.
+    state is left untouched. Per-sample Zoo-Tuning convolutions are counted with the ``grouped``
+    kernel (exactly one ordinary convolution's multiply-adds per sample, the algorithm's cost),
+    whichever kernel a run times fastest: the count must not depend on a timing.
     """
     from torch.utils.flop_counter import FlopCounterMode
 
     from zootune.batchnorm import frozen_statistics
+    from zootune.layers import AdaAggConv2d
 
     was = model.training
+    convs = [(m, m.kernel) for m in model.modules() if isinstance(m, AdaAggConv2d)]
     try:
         model.train(train)
+        for m, _ in convs:
+            m.kernel = "grouped"
         with torch.no_grad(), frozen_statistics(model), FlopCounterMode(display=False) as fc:
             model(example)
         return int(fc.get_total_flops())
     finally:
+        for m, kernel in convs:
+            m.kernel = kernel
         model.train(was)
 
 

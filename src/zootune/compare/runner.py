@@ -36,7 +36,7 @@ from zootune.atomic import atomic_write_text
 from zootune.compare.spec import CompareSpec, plan_cells
 from zootune.config import Config
 
-__all__ = ["CompareResult", "measure_costs", "run_compare", "run_dir_name", "run_key"]
+__all__ = ["CompareResult", "gate_record", "measure_costs", "run_compare", "run_dir_name", "run_key"]
 
 #: settings that do not change what a run computes (left out of its content hash)
 _COSMETIC = {
@@ -136,6 +136,20 @@ def measure_costs(run: Any, n: int = 2) -> dict[str, Any]:
             "inference_kind": inf["inference_kind"]}
 
 
+def gate_record(model: nn.Module) -> dict[str, Any] | None:
+    """``{"layers": [L names], "values": m x L}``: a Zoo-Tuning model's gate per source and
+    aggregated layer (``gate_values()``: lite's temporal ensemble, else the running mean of the
+    per-sample gates; the paper's Fig. 5/6), or ``None`` for a model without gates."""
+    fn = getattr(model, "gate_values", None)
+    gates = fn() if callable(fn) else None
+    if not gates:
+        return None
+    from zootune.viz.gates import gate_matrix
+
+    mat, layers = gate_matrix(gates)
+    return {"layers": layers, "values": mat.tolist()}
+
+
 def _finished(run_dir: Path) -> dict[str, Any] | None:
     f = run_dir / RUN_RECORD
     if not f.is_file():
@@ -221,6 +235,9 @@ def train_run(cfg: Config, run_dir: Path, *, stage_dirs: dict[str, Path] | None 
         rep = routing_report(res.model, run.data, input_field=run.task.input_field)
         if rep is not None:
             record["routing"] = rep
+    gates = gate_record(res.model)
+    if gates is not None:
+        record["gates"] = gates
     atomic_write_text(run_dir / RUN_RECORD, json.dumps(record, indent=2, default=str))
     return record
 
@@ -282,12 +299,18 @@ def run_compare(spec: CompareSpec, out_dir: str | Path | None = None, *,
             "method": cfg.method.name, "source": cell.source,
             "run": str(main_dir.relative_to(out)), "steps": rec["steps"],
             "metrics": rec["metrics"], "costs": rec["costs"], "wall_time_s": rec["wall_time_s"],
-            "routing": rec.get("routing"),
+            "routing": rec.get("routing"), "gates": rec.get("gates"),
             "stages": {n: {"run": str(stage_dirs[n].relative_to(out)), "costs": r.get("costs", {}),
                            "wall_time_s": r["wall_time_s"], "metrics": r["metrics"]}
                        for n, r in stage_records.items()},
         }
+        # merge with the file as it is now: another process may be running other entries of
+        # this comparison into the same folder (``--only``); neither loses the other's cells
+        on_disk = json.loads(cells_file.read_text()) if cells_file.is_file() else {}
+        cells = {**cells, **on_disk, cell.id: cells[cell.id]}
         atomic_write_text(cells_file, json.dumps(cells, indent=2, default=str))
+    if cells_file.is_file():
+        cells = {**cells, **json.loads(cells_file.read_text())}
     summary = summarize(spec, plan, cells)
     files = write_tables(spec, summary, cells, out)
     log(f"{trained} cell(s) trained, {skipped} already finished; results: {files[1]}")

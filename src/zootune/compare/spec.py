@@ -81,6 +81,9 @@ class CompareOptions(Section):
     reference: str = "finetune"
     #: write each cell's report.md (pictures included); off is faster
     reports: bool = True
+    #: further test metrics of the task shown beside its primary one (mean ± std over seeds),
+    #: e.g. ``[failure_rate, auc]`` for landmarks
+    metrics: list[str] = Field(default_factory=list)
     #: folder of the comparison (default: runs/compare_<name>)
     out_dir: str | None = None
 

@@ -29,6 +29,22 @@ def _task_info(plan: list[Cell]) -> tuple[str, bool, bool]:
     return task.primary_metric, task.higher_is_better, task.primary_metric in task.percent_metrics
 
 
+def _percent_metrics(plan: list[Cell]) -> frozenset[str]:
+    from zootune.tasks import build_task
+
+    return frozenset(build_task(plan[0].cfg.task).percent_metrics)
+
+
+def _gates_summary(recs: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The mean over seeds of the recorded gate matrices (:func:`~zootune.compare.runner.gate_record`)."""
+    reps = [r["gates"] for r in recs if r.get("gates")]
+    if not reps or any(g["layers"] != reps[0]["layers"] for g in reps):
+        return None
+    m, L = len(reps[0]["values"]), len(reps[0]["layers"])
+    mean = [[statistics.fmean(g["values"][i][j] for g in reps) for j in range(L)] for i in range(m)]
+    return {"layers": reps[0]["layers"], "values": mean, "seeds": len(reps)}
+
+
 def _mean_std(xs: list[float]) -> tuple[float | None, float | None]:
     if not xs:
         return None, None
@@ -137,6 +153,10 @@ def summarize(spec: CompareSpec, plan: list[Cell], cells: dict[str, Any]) -> dic
                          "wall_time_s")},
             "variants": variants or {},
             "routing": _routing_summary(list(per_seed.values())),
+            "gates": _gates_summary(list(per_seed.values())),
+            "extra": {m: dict(zip(("mean", "std"), _mean_std(
+                [v for v in (_score(r, "test", m) for r in per_seed.values()) if v is not None])))
+                for m in spec.options.metrics},
         }
 
     for entry, variants in by_entry.items():
@@ -153,7 +173,9 @@ def summarize(spec: CompareSpec, plan: list[Cell], cells: dict[str, Any]) -> dic
         ref_index = max((i for i, r in enumerate(rows) if method_of.get(r["label"]) ==
                          spec.options.reference), default=-1)
         rows.insert(ref_index + 1, best)
+    pct_metrics = _percent_metrics(plan) if spec.options.metrics else frozenset()
     return {"metric": metric, "higher_is_better": higher, "percent": percent, "seeds": seeds,
+            "extra_metrics": {m: {"percent": m in pct_metrics} for m in spec.options.metrics},
             "rows": rows,
             "reference": {str(s): {k: v for k, v in r.items() if k != "record"}
                           for s, r in reference.items()}}
@@ -189,6 +211,7 @@ def format_markdown(spec: CompareSpec, summary: dict[str, Any]) -> str:
     unit = " (%)" if pct else ""
     n = len(summary["seeds"])
     u, k = _unit([r[c] for r in rows for c in ("train_flops", "inference_flops")])
+    extra = summary.get("extra_metrics") or {}
     lines = [f"# Comparison: {spec.name}", "",
              (f"Test {metric}{unit}, mean ± std over {n} seed(s) ({', '.join(map(str, summary['seeds']))}); "
              f"Δ: seed-paired difference against the best single source of each seed, chosen on "
@@ -198,9 +221,11 @@ def format_markdown(spec: CompareSpec, summary: dict[str, Any]) -> str:
              f"counted by torch's FlopCounterMode, 2 per multiply-add (the paper's GFLOPs are "
              f"multiply-adds: half these). Wall: seconds, stages included (shared fine-tuned "
              f"sources counted for every method that uses them)."), "",
-             (f"| method | test {metric}{unit} | Δ vs best single | wins | val{unit} | train {u}FLOPs | "
+             (f"| method | test {metric}{unit} | "
+              + "".join(f"test {m}{' (%)' if e['percent'] else ''} | " for m, e in extra.items())
+              + f"Δ vs best single | wins | val{unit} | train {u}FLOPs | "
              f"train params | inference {u}FLOPs | inference params | wall (s) |"),
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|" + "---|" * len(extra)]
     for r in rows:
         label = r["label"] + (f" {{{r['variant']}}}" if r["variant"] else "")
         test = (f"{_fmt(r['test_mean'], pct)} ± {_fmt(r['test_std'], pct)}"
@@ -209,6 +234,10 @@ def format_markdown(spec: CompareSpec, summary: dict[str, Any]) -> str:
                 if r["diff_mean"] is not None else "—")
         wins = f"{r['wins']}/{r['paired']}" if r["paired"] else "—"
         wall = "—" if r["wall_time_s"] is None else f"{r['wall_time_s']:.1f}"
+        for m, e in extra.items():
+            x = (r.get("extra") or {}).get(m) or {}
+            test += " | " + (f"{_fmt(x['mean'], e['percent'])} ± {_fmt(x['std'], e['percent'])}"
+                             if x.get("mean") is not None else "—")
         lines.append(f"| {label} | {test} | {diff} | {wins} | {_fmt(r['val_mean'], pct)} | "
                      f"{_g(r['train_flops'], k)} | {_m(r['train_params'])} | {_g(r['inference_flops'], k)} | "
                      f"{_m(r['inference_params'])} | {wall} |")
@@ -237,15 +266,16 @@ def _routing_markdown(rows: list[dict[str, Any]]) -> list[str]:
             return "—"
         return f"{rt[k]:.{digits}f} ± {rt.get(f'{k}_std') or 0:.{digits}f}"
 
-    out = ["", "Do the gates route? Per-sample gates on the test split, averaged over the "
-           "aggregated layers, mean ± std over seeds (`zootune.compare.routing`): spread = mean "
-           "over sources of the gate's std across samples (relative: / mean gate); MI = mutual "
-           "information (bits) between the sub-domain and the arg-max source, or the most "
-           "informative source's gate in equal-count bins, beside its chance level (domain "
-           "labels shuffled) and H(domain), the most it can be; gap = largest total-variation "
-           "distance between two sub-domains' mean gates. Per-layer values are in results.json.",
-           "", "| method | spread | relative spread | MI arg-max (chance) | MI binned (chance) | "
-           "H(domain) | gap | sub-domains |", "|---|---|---|---|---|---|---|---|"]
+    intro = ("Do the gates route? Per-sample gates on the test split, averaged over the "
+             "aggregated layers, mean ± std over seeds (`zootune.compare.routing`): spread = mean "
+             "over sources of the gate's std across samples (relative: / mean gate); MI = mutual "
+             "information (bits) between the sub-domain and the arg-max source, or the most "
+             "informative source's gate in equal-count bins, beside its chance level (domain "
+             "labels shuffled) and H(domain), the most it can be; gap = largest total-variation "
+             "distance between two sub-domains' mean gates. Per-layer values are in results.json.")
+    header = ("| method | spread | relative spread | MI arg-max (chance) | MI binned (chance) | "
+              "H(domain) | gap | sub-domains |")
+    out = ["", intro, "", header, "|---|---|---|---|---|---|---|---|"]
     for r in routed:
         rt = r["routing"]
         label = r["label"] + (f" {{{r['variant']}}}" if r["variant"] else "")

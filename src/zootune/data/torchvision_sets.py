@@ -38,15 +38,22 @@ from __future__ import annotations
 
 import hashlib
 import pickle
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import numpy as np
 
-from zootune.data.base import DataError, DataSplits, TransformedDataset, stratified_split, take_per_class
+from zootune.data.base import (
+    DataError,
+    DataSplits,
+    TransformedDataset,
+    stratified_split,
+    take_per_class,
+)
 from zootune.data.transforms import eval_record, image_transforms, resolve_preprocessing
 
-__all__ = ["build_aircraft", "build_cifar100", "build_eurosat", "build_stanford_cars", "PAPER_SETS"]
+__all__ = ["PAPER_SETS", "build_aircraft", "build_cifar100", "build_eurosat", "build_stanford_cars"]
 
 #: the published MD5 sums of CIFAR-100's files (torchvision.datasets.CIFAR100)
 CIFAR100_MD5 = {"train": "16019d7e3df5f24257cddd939b257f8d", "test": "f0ef6b0ae62326f3e7ffdfab6717acfc",
@@ -242,7 +249,7 @@ def paper_splits(name: str, reader: Callable[[Any], tuple], cfg_data: Any,
         ds.mode = mode
     tr = image_transforms(pre, train=True, augment=cfg_data.augment)
     ev = image_transforms(pre, train=False)
-    mk = lambda ds, ix: TransformedDataset(ds, ix, ev) if len(ix) else None  # noqa: E731
+    mk = lambda ds, ix: TransformedDataset(ds, ix, ev) if len(ix) else None
     return DataSplits(
         train=TransformedDataset(train_pool, train_idx, tr), val=mk(*val), test=mk(*test),
         classes=[str(c) for c in classes],

@@ -26,7 +26,9 @@ flag is not part of the state dict.
 Caching: when autograd is off (``torch.no_grad`` / ``torch.inference_mode``) the aligned source
 weights (per-sample mode) or the merged kernel (lite eval) are computed once and reused until a
 parameter or the temporal ensemble changes (tracked by tensor version counters). Alignment is
-data-independent, so at inference it costs nothing per batch (paper §3.4).
+data-independent, so at inference it costs nothing per batch (paper §3.4); lite training-mode
+forwards without autograd (an RL agent acting, target networks) reuse the aligned weights too
+and only merge them with the batch-mean gate.
 
 The source weights of all ``m`` sources live in one parameter ``weight`` of shape
 ``(m, *source_weight_shape)``; ``bias`` is ``(m, C_out)``.
@@ -114,10 +116,13 @@ class AdaAggBase(nn.Module):
         """``abar`` (m,): the temporal ensemble (lite) or running mean of observed gates."""
         return self.te.value(prior=self.gate.neutral())
 
-    def merged(self, gates: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """``sum_i g_i T_i W_i`` and the merged bias (Eq. 5); ``gates`` default to ``abar``."""
+    def merged(
+        self, gates: torch.Tensor | None = None, aligned: tuple | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``sum_i g_i T_i W_i`` and the merged bias (Eq. 5); ``gates`` default to ``abar``,
+        ``aligned`` (the result of :meth:`aligned`, e.g. cached) is computed when not given."""
         g = self.gate_value() if gates is None else gates
-        w, b = self.aligned()
+        w, b = self.aligned() if aligned is None else aligned
         m = w.shape[0]
         g = g.to(w.dtype)
         # matrix-vector products: BLAS handles (K x m)(m) far better than (1 x m)(m x K) (~6x here)
@@ -237,7 +242,8 @@ class AdaAggConv2d(AdaAggBase):
             xp = self._pad(x)
             if self.lite:
                 g = self._lite_train_gates(a)
-                w, b = self.merged(g)
+                # autograd off (acting, targets): the aligned weights are cached like per-sample
+                w, b = self.merged(g, self._cached("aligned", self.aligned))
                 y = self._conv(xp, w, b)
             else:
                 self._observe(a)
@@ -284,7 +290,7 @@ class AdaAggLinear(AdaAggBase):
         a = self._gates(pool_linear_input(x))
         if self.lite:
             g = self._lite_train_gates(a)
-            w, b = self.merged(g)
+            w, b = self.merged(g, self._cached("aligned", self.aligned))
             return F.linear(x, w, b)
         self._observe(a)
         w, b = self._cached("aligned", self.aligned)

@@ -127,9 +127,13 @@ class MethodConfig(Section):
     gate: Literal["sigmoid", "normalized", "softmax"] = "normalized"
     gate_init: Literal["uniform", "kaiming", "default"] = "uniform"
     #: per-sample conv kernel; a fixed one keeps resumed runs bit-identical (``auto`` times them).
-    #: ``unfold`` without recomputation was the fastest for DER's shapes here (benchmarks/rl_speed.py)
+    #: ``stacked`` (one conv with both sources' weights stacked, no per-sample weights) without
+    #: recomputation was the fastest for DER's shapes here: 1.51x DER's step vs 2.32x for
+    #: ``unfold``, 2.20x for ``grouped`` (benchmarks/results/rl_speed.md). TODO: make it the
+    #: default together with ``kernel:`` in configs/rl/der.yaml (a test keeps the two equal).
     kernel: Literal["auto", "grouped", "unfold", "loop", "stacked"] = "unfold"
-    #: recompute per-sample weights in backward (saves B x |W| memory: 6.5 MB at batch 32 here)
+    #: recompute in backward instead of keeping (per-sample weights: B x |W|, 6.5 MB at batch 32
+    #: here; ``stacked``: the m un-combined conv outputs, 2.6 MB)
     recompute: bool = False
 
 

@@ -193,16 +193,17 @@ def _project(pts: np.ndarray, yaw: np.ndarray, pitch: np.ndarray, roll: np.ndarr
     return np.stack([X * C(scale) + C(centre[:, 0]), Y * C(scale) + C(centre[:, 1])], -1)
 
 
-_NOISE_BANK: np.ndarray | None = None
+_NOISE_BANKS: dict[int, np.ndarray] = {}
 
 
-def _noise_bank() -> np.ndarray:
-    """2^20 fixed standard normals (float32); a face's sensor noise is a window of them at a
-    random offset (one gather for a whole block instead of a generator per face)."""
-    global _NOISE_BANK
-    if _NOISE_BANK is None:
-        _NOISE_BANK = np.random.default_rng(20210601).standard_normal(1 << 20, dtype=np.float32)
-    return _NOISE_BANK
+def _noise_bank(n: int) -> np.ndarray:
+    """Fixed standard normals (float32), at least 2^20 and 4 images of ``n`` values (the length
+    depends on ``n`` only); a face's sensor noise is a window of them at a random offset (one
+    slice per face instead of a generator per face)."""
+    length = max(1 << 20, 4 * n)
+    if length not in _NOISE_BANKS:
+        _NOISE_BANKS[length] = np.random.default_rng(20210601).standard_normal(length, dtype=np.float32)
+    return _NOISE_BANKS[length]
 
 
 def _bilinear_matrix(n_in: int, n_out: int) -> np.ndarray:
@@ -301,7 +302,8 @@ def _render_block(seed: int, face_ids: np.ndarray, size: int, occlusion: float
     contrast = u(0.6, 1.3).astype(np.float32)
     shift = u(-0.15, 0.15).astype(np.float32)
     noise_amp = u(0.0, 0.06).astype(np.float32)
-    noise_off = (d.take() * ((1 << 20) - size * size * 3)).astype(np.int64)
+    bank = _noise_bank(size * size * 3)
+    noise_off = (d.take() * (len(bank) - size * size * 3)).astype(np.int64)
 
     # ---- everything PIL needs, as plain lists (one conversion per block)
     LM = P(lm).reshape(B, -1).tolist()
@@ -374,7 +376,6 @@ def _render_block(seed: int, face_ids: np.ndarray, size: int, occlusion: float
     arr *= field[:, None]
     arr += (0.5 - 0.5 * contrast + shift)[:, None, None, None]
     n = size * size * 3
-    bank = _noise_bank()
     noise = np.stack([bank[o:o + n] for o in noise_off.tolist()]).reshape(B, 3, size, size)
     noise *= noise_amp[:, None, None, None]
     arr += noise
