@@ -116,14 +116,16 @@ def write_results(spec: Any, cells: dict[str, Any], seeds: list[int], wall: floa
     status = ["", "## Status", "",
               f"{len(done)} of {len(plan)} cells finished (seeds {seeds}); "
               + ("all done." if not todo else f"still to run: {', '.join(todo)}."),
-              "", "Continue (resumable, finished cells are skipped): "
-              f"`nice -n 10 python benchmarks/landmarks.py --seeds {' '.join(map(str, seeds))}`", "",
+              "", "Seeds finished per row (a row's ± is over these; one seed shows ± 0.00): "
+              + "; ".join(f"{r['label']} {r['seeds']}" for r in summary["rows"]) + ".",
+              "", ("Continue (resumable, finished cells are skipped): "
+                   f"`nice -n 10 python benchmarks/landmarks.py --seeds {' '.join(map(str, seeds))}`"), "",
               f"Environment: {json.dumps(env)}", ""]
     if panels:
         status += ["## Gates (paper Fig. 6)", "", "![gate heat map](landmarks_gates.png)", "",
-                   "Mean gate per source (rows) and aggregated layer (columns, input -> output), "
-                   f"averaged over the finished seeds: {', '.join(panels)}. Lite: the temporal "
-                   "ensemble of the gates; per-sample: the running mean of the per-sample gates.", ""]
+                   ("Mean gate per source (rows) and aggregated layer (columns, input -> output), "
+                    f"averaged over the finished seeds: {', '.join(panels)}. Lite: the temporal "
+                    "ensemble of the gates; per-sample: the running mean of the per-sample gates."), ""]
     _atomic_write(RESULTS / "landmarks.md", keep_notes(RESULTS / "landmarks.md", md + "\n".join(status)))
 
 

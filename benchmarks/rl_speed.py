@@ -137,7 +137,8 @@ def main(argv: list[str] | None = None) -> int:
     out.with_suffix(".json").write_text(json.dumps(res, indent=1))
     lines = ["| method | agent steps/s | step time vs DER | est. 100k run (h) |", "|---|---|---|---|"]
     for m in rows:
-        lines.append(f"| {'DER' if m == 'scratch' else m} | {res['agent_steps_per_s'][m]:.1f} | "
+        label = "DER" if m == "scratch" else f"zoo_tuning ({kernels[0]})" if m == "zoo_tuning" else m
+        lines.append(f"| {label} | {res['agent_steps_per_s'][m]:.1f} | "
                      f"{res['ratio_to_der'][m]:.2f}x | {res['estimated_100k_run_h'][m]:.2f} |")
     md = (f"# RL speed (one thread, per-sample kernels {', '.join(kernels)}, recompute={recompute}, "
           f"median of {args.rounds} interleaved rounds of {args.steps} steps; env step "

@@ -84,7 +84,7 @@ def test_compare_runs_landmark_methods_and_records_gates(tmp_path):
 def test_cells_written_by_another_process_are_kept(tmp_path, monkeypatch):
     """Two compare processes with ``--only`` on one folder: a cell the other one recorded
     meanwhile stays in cells.json (the file is merged, not overwritten with a stale view)."""
-    import zootune.compare.runner as runner
+    from zootune.compare import runner
 
     spec = load_compare(raw=_raw(["scratch", "finetune"], seeds=[0]))
     out = tmp_path / "cmp"

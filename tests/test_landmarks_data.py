@@ -167,7 +167,12 @@ def test_registered_procedural_splits_record_their_scheme():
 def test_a_face_does_not_depend_on_what_else_is_rendered_or_cached():
     """Face i is a pure function of (seed, split, i): alone, in a batch, in another order, through
     a data set of another length or with no cache, it is the same image and the same points."""
-    from zootune.data.landmarks.faces import BLOCK, SPLIT_OFFSETS, render_face, render_faces
+    from zootune.data.landmarks.faces import (
+        BLOCK,
+        SPLIT_OFFSETS,
+        render_face,
+        render_faces,
+    )
 
     ids = [3, BLOCK + 1, 5, 2 * BLOCK - 1]
     imgs, kps = render_faces(4, ids, 32)
@@ -221,7 +226,7 @@ def test_every_face_feature_is_drawn_where_its_landmarks_are():
                 continue
             inside = (eye[1] + eye[5]) / 2
             below = eye[5] + (eye[5] - eye[1]) * 1.0  # as far below the lower lid as the eye is high
-            px = lambda p: im[:, int(p[1]), int(p[0])]  # noqa: E731
+            a_px, b_px = im[:, int(inside[1]), int(inside[0])], im[:, int(below[1]), int(below[0])]
             total += 1
-            hits += float(np.abs(px(inside) - px(below)).sum()) > 30
+            hits += float(np.abs(a_px - b_px).sum()) > 30
     assert total > 40 and hits / total > 0.9

@@ -128,10 +128,9 @@ class MethodConfig(Section):
     gate_init: Literal["uniform", "kaiming", "default"] = "uniform"
     #: per-sample conv kernel; a fixed one keeps resumed runs bit-identical (``auto`` times them).
     #: ``stacked`` (one conv with both sources' weights stacked, no per-sample weights) without
-    #: recomputation was the fastest for DER's shapes here: 1.51x DER's step vs 2.32x for
-    #: ``unfold``, 2.20x for ``grouped`` (benchmarks/results/rl_speed.md). TODO: make it the
-    #: default together with ``kernel:`` in configs/rl/der.yaml (a test keeps the two equal).
-    kernel: Literal["auto", "grouped", "unfold", "loop", "stacked"] = "unfold"
+    #: recomputation is the fastest for DER's shapes here: 1.40x DER's step vs 1.86x for
+    #: ``unfold``, 1.91x for ``grouped`` (benchmarks/results/rl_speed.md, load ~3.4 on 2 cores).
+    kernel: Literal["auto", "grouped", "unfold", "loop", "stacked"] = "stacked"
     #: recompute in backward instead of keeping (per-sample weights: B x |W|, 6.5 MB at batch 32
     #: here; ``stacked``: the m un-combined conv outputs, 2.6 MB)
     recompute: bool = False
