@@ -357,13 +357,12 @@ def profile_layers(shape: str, m: int, threads: int, reps: int) -> list[dict]:
             return best
 
         tp, tz = timed(plain), timed(layer)
-        from zootune.layers.kernels import conv_kernel
-
-        kern = conv_kernel(layer.kernel, layer.spec, x, (batch, *layer.weight.shape[1:]))
+        # the kernel the layer actually ran in its timed training forwards ("auto" resolved)
+        kernel_name = layer.train_kernel or layer.kernel
         seen[key] = {
             "layer": name, "count": 1, "input": list(shp[1:]), "out_channels": layer.out_channels,
             "kernel_size": list(layer.kernel_size), "stride": list(layer.stride),
-            "aligned": layer.align is not None, "kernel": kern.name,
+            "aligned": layer.align is not None, "kernel": kernel_name,
             "plain_ms": 1e3 * tp, "zoo_ms": 1e3 * tz, "ratio": tz / tp,
         }
     return list(seen.values())
