@@ -157,11 +157,15 @@ def main(argv: list[str] | None = None) -> int:
             "torch": torch.__version__, "recipe": RECIPE, "rates": {str(k): v for k, v in RATES.items()},
             "seeds": sorted({int(k.split("|")[2]) for k in cells})}
     _write(RESULTS / "co_tuning.json", json.dumps({"meta": meta, "table": table}, indent=1))
-    _write(RESULTS / "co_tuning.md", "# Co-Tuning and regularisers on the demo target (CPU scale)\n\n"
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from demo_seeds import keep_notes  # the hand-written analysis below the tables survives
+
+    md_path = RESULTS / "co_tuning.md"
+    _write(md_path, keep_notes(md_path, "# Co-Tuning and regularisers on the demo target (CPU scale)\n\n"
            f"`python benchmarks/co_tuning.py` — {meta['machine']}, torch {meta['torch']}, "
            f"seeds {meta['seeds']}, recipe {RECIPE}.\n\n"
            "Test accuracy, mean ± std over seeds; in brackets the seed-paired difference to "
-           "`finetune` and the number of seeds where the method beat it.\n\n" + md + "\n")
+           "`finetune` and the number of seeds where the method beat it.\n\n" + md + "\n"))
     print(md)
     return 0
 
