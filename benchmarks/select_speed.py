@@ -3,6 +3,7 @@
     python benchmarks/select_speed.py            # both parts, resumable
     python benchmarks/select_speed.py --force    # re-measure everything
     python benchmarks/select_speed.py --quick    # smaller LogME problem (smoke run)
+    python benchmarks/select_speed.py --extract-only [--force]   # only part 3 (issue 15, item 3)
 
 Part 1 - LogME at N=10,000, D=2,048, C=100 (float32 features with a class signal): the
 library's :func:`zootune.select.logme` (one Gram eigendecomposition, the fixed-point iteration
@@ -16,6 +17,15 @@ Part 2 - every score for a 5-model zoo from cached features: five torchvision Re
 (50 per class, 3x32x32), features + logits + projected last-conv gradients extracted once into
 a disk cache; then the timed part loads the cache and runs all scores (RSA with an MLP probe,
 domain similarity against features of a second digits subset standing in for source data).
+
+Part 3 - extraction at forward speed (issue 15, item 3): for the same ResNet-18s and the same 500
+digits, side by side in one process, interleaved, best of ``--repeats-extract`` rounds per model:
+a plain eval forward (``model.eval()``, ``torch.no_grad()``, the same batches of 64 already
+stacked in memory), :func:`zootune.select.features.extract` for features only (head stripped),
+features + logits, features + logits + projected gradients, the same with the extraction code as
+it was before this work (git ``HEAD`` at the time, kept in ``benchmarks/_features_before.py``),
+and a cache hit (with the model's weights hashed, as ``zootune select`` does, and with a given
+``model_key``). Ratios are extraction time / plain forward time summed over the models.
 
 Results: ``benchmarks/results/select_speed.json`` (after each part; finished parts are skipped
 on a re-run) and ``select_speed.md``.
@@ -149,6 +159,94 @@ def part_zoo(models: int, per_class: int) -> dict:
     }
 
 
+def _load_before():
+    """The extraction module as it was before the fast path (for the side-by-side row)."""
+    import importlib.util
+
+    path = HERE / "_features_before.py"
+    if not path.exists():
+        return None
+    spec = importlib.util.spec_from_file_location("zootune.select._features_before", path)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod  # dataclasses look the module up while it executes
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def part_extract(models: int, per_class: int, repeats: int) -> dict:
+    import copy
+    import shutil
+    import tempfile
+
+    import torchvision
+
+    from zootune.select.features import extract
+
+    before = _load_before()
+    x, y = _digits(per_class, 0)
+    zoo = []
+    for i in range(models):
+        torch.manual_seed(SEED + i)
+        m = torchvision.models.resnet18(num_classes=100).eval()
+        headless = copy.deepcopy(m)
+        headless.fc = torch.nn.Identity()
+        zoo.append((m, headless))
+    batches = [x[s : s + 64] for s in range(0, len(x), 64)]
+
+    def plain(m, _h):
+        with torch.no_grad():
+            for b in batches:
+                m(b)
+
+    cache = Path(tempfile.mkdtemp(prefix="select_speed_cache_"))
+    variants = {
+        "plain eval forward": plain,
+        "features only (head stripped)": lambda m, h: extract(h, (x, y)),
+        "features + logits": lambda m, h: extract(m, (x, y)),
+        "features + logits + projected gradients": lambda m, h: extract(m, (x, y), gradients=True),
+    }
+    if before is not None:
+        variants["features + logits + gradients, before (HEAD code)"] = (
+            lambda m, h: before.extract(m, (x, y), gradients=True))
+    for m, h in zoo:  # fill the cache (and warm up every kernel once)
+        for f in variants.values():
+            f(m, h)
+        extract(m, (x, y), gradients=True, cache_dir=cache)
+        extract(m, (x, y), gradients=True, cache_dir=cache, model_key=f"m{id(m)}")
+    variants["cache hit (weights hashed)"] = lambda m, h: extract(m, (x, y), gradients=True, cache_dir=cache)
+    variants["cache hit (model_key given)"] = (
+        lambda m, h: extract(m, (x, y), gradients=True, cache_dir=cache, model_key=f"m{id(m)}"))
+    best = {k: [float("inf")] * models for k in variants}
+    load = [os.getloadavg()[0]]
+    for _ in range(repeats):
+        for j, (m, h) in enumerate(zoo):
+            for k, f in variants.items():  # interleaved: every variant once per model per round
+                t0 = time.perf_counter()
+                f(m, h)
+                best[k][j] = min(best[k][j], time.perf_counter() - t0)
+        load.append(os.getloadavg()[0])
+    shutil.rmtree(cache, ignore_errors=True)
+    # exactness on the first model: features/logits identical to a plain forward
+    m, h = zoo[0]
+    ex = extract(m, (x, y), gradients=True)
+    with torch.no_grad():
+        logits = torch.cat([m(b) for b in batches]).numpy()
+    same = {"logits_identical_to_plain_forward": bool(np.array_equal(ex.logits, logits))}
+    if before is not None:
+        old = before.extract(m, (x, y), gradients=True)
+        same["features_identical_to_before"] = bool(np.array_equal(ex.features, old.features))
+        same["gradients_max_rel_diff_to_before"] = float(
+            np.abs(ex.gradients - old.gradients).max() / np.abs(old.gradients).max())
+    seconds = {k: sum(v) for k, v in best.items()}
+    base = seconds["plain eval forward"]
+    return {
+        "models": models, "samples": len(x), "input": list(x.shape[1:]), "batch_size": 64,
+        "repeats": repeats, "torch_threads": torch.get_num_threads(),
+        "seconds_all_models": seconds, "ratio_to_plain": {k: v / base for k, v in seconds.items()},
+        "load_average_1min": load, "checks": same,
+    }
+
+
 def write_md(res: dict) -> None:
     lines = ["# Transferability score speed", "",
              f"Command: `{res['command']}`  ", f"Machine: {res['machine']['processor']}, "
@@ -181,6 +279,22 @@ def write_md(res: dict) -> None:
         for s, sec in z["score_seconds_all_models"].items():
             lines.append(f"| {s} (all models) | {sec:.3f} |")
         lines += [f"| **total from cache** | **{z['total_from_cache_seconds']:.2f}** |", ""]
+    e = res.get("extract")
+    if e:
+        la = e["load_average_1min"]
+        lines += [f"## Extraction vs a plain eval forward (issue 15, item 3)", "",
+                  f"Command: `{e.get('command', res['command'])}`  ",
+                  f"{e['models']} ResNet-18s (random weights), {e['samples']} digits at "
+                  f"{'x'.join(map(str, e['input']))}, batch {e['batch_size']}, torch threads "
+                  f"{e['torch_threads']}; one process, every variant once per model per round "
+                  f"(interleaved), best of {e['repeats']} rounds per model, summed over the models. "
+                  f"1-min load average {min(la):.1f}-{max(la):.1f} while measuring (shared 2-core VM).", "",
+                  "| what | seconds (all models) | / plain forward |", "|---|---:|---:|"]
+        for k, sec in e["seconds_all_models"].items():
+            r = e["ratio_to_plain"][k]
+            cell = f"{sec * 1000:.1f} ms" if sec < 1 else f"{sec:.2f} s"
+            lines.append(f"| {k} | {cell} | {r:.2f}x |")
+        lines += ["", "Checks: " + ", ".join(f"{k} = {v}" for k, v in e["checks"].items()), ""]
     MD_PATH.write_text("\n".join(lines) + "\n")
 
 
@@ -189,12 +303,26 @@ def main() -> int:
     ap.add_argument("--force", action="store_true")
     ap.add_argument("--quick", action="store_true", help="N=2000, D=512, C=20 for a smoke run")
     ap.add_argument("--repeats", type=int, default=1)
+    ap.add_argument("--extract-only", action="store_true", help="only part 3 (extraction vs plain forward)")
+    ap.add_argument("--repeats-extract", type=int, default=5, help="rounds of part 3 (best of)")
+    ap.add_argument("--extract-models", type=int, default=3)
     args = ap.parse_args()
     RESULTS.mkdir(parents=True, exist_ok=True)
     res = json.loads(JSON_PATH.read_text()) if JSON_PATH.exists() and not args.force else {}
     res["machine"] = machine()
-    res["command"] = "python benchmarks/select_speed.py" + (" --quick" if args.quick else "")
+    if not args.extract_only:
+        res["command"] = "python benchmarks/select_speed.py" + (" --quick" if args.quick else "")
     shape = (2000, 512, 20) if args.quick else (10000, 2048, 100)
+    if args.force or "extract" not in res or args.extract_only:
+        print("extraction vs plain forward ...", flush=True)
+        res["extract"] = part_extract(args.extract_models, 50, args.repeats_extract)
+        res["extract"]["command"] = " ".join(["python benchmarks/select_speed.py", *sys.argv[1:]])
+        JSON_PATH.write_text(json.dumps(res, indent=2))
+        print(json.dumps(res["extract"], indent=2), flush=True)
+    if args.extract_only:
+        write_md(res)
+        print(MD_PATH.read_text())
+        return 0
     if "logme" not in res or tuple(res["logme"][k] for k in ("N", "D", "C")) != shape:
         print(f"LogME N={shape[0]} D={shape[1]} C={shape[2]} ...", flush=True)
         res["logme"] = part_logme(*shape, repeats=args.repeats)

@@ -29,3 +29,4 @@ __all__ = ["AverageAggregation", "FineTune", "Scratch", "ZooTuning", "ZooTuningL
 from zootune.methods import regularizers  # noqa: E402,F401  (L2-SP, DELTA, BSS)
 from zootune.methods.co_tuning import CoTuning  # noqa: E402,F401
 from zootune.methods import ced, distill, ensemble, feature_extraction, knowledge_flow  # noqa: E402,F401  (paper baselines)
+from zootune.methods import contrastive  # noqa: E402,F401  (SimCLR self-supervised)

@@ -12,3 +12,4 @@ from zootune.tasks.landmarks import LandmarkTask  # registers "landmarks"
 
 __all__ = ["ClassificationTask", "HeadError", "Task", "TaskError", "TaskOptions", "attach_head",
            "available", "build_task", "find_classifier", "get", "register"]
+from zootune.tasks.dense import DenseRegressionTask  # noqa: E402,F401  (registers "dense_regression")

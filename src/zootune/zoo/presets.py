@@ -41,6 +41,15 @@ and symbols (``base``), and four specialists fine-tuned from it (``latin``, ``gr
 source head (179, 52, 39, 66, 54 classes), so heads are stripped by default, as for
 ``paper-resnet50``. Needs no download: ``zootune demo`` and tests use it offline.
 
+``paper-mini`` -- a zoo shaped like the paper's, at CPU scale, shipped inside the package
+(``zootune/demo/paper_zoo``, described by its ``zoo.json``; rebuilt by
+``python benchmarks/paper_zoo.py``): five MiniCNNs, ``base`` (all glyph scripts, from a random
+start), three fine-tuned from it for other kinds of task — ``script`` (Armenian letters),
+``dense`` (denoising / inpainting, trunk only), ``keypoints`` (5 keypoints of a glyph in a
+cluttered scene, trunk only) — and ``contrastive`` (SimCLR from its own random start), which
+``zootune zoo inspect`` reports as unrelated, as MoCo in ``paper-resnet50``. Heads differ or
+are absent, so they are stripped.
+
 These are *zoo* presets (which models form the zoo); the recipe presets of a training config
 are another thing (:mod:`zootune.config`).
 """
@@ -73,6 +82,11 @@ DEMO_ARCH = "zootune.demo.model:MiniCNN"
 #: Members of the ``demo`` preset (``zootune.demo.zoo.DEFAULT_ZOO``), in order.
 DEMO_MEMBERS = ("base", "latin", "greek", "cyrillic", "numerals")
 
+#: Folder of the shipped CPU-scale paper-like zoo (``benchmarks/paper_zoo.py``).
+PAPER_MINI_DIR = Path(__file__).resolve().parent.parent / "demo" / "paper_zoo"
+#: Members of the ``paper-mini`` preset, in order.
+PAPER_MINI_MEMBERS = ("base", "script", "dense", "keypoints", "contrastive")
+
 ZOO_PRESETS: dict[str, list[tuple[str, str]]] = {
     "paper-resnet50": _PAPER,
     "paper-resnet50-mocov2": [
@@ -83,6 +97,10 @@ ZOO_PRESETS: dict[str, list[tuple[str, str]]] = {
         (n, f"file:{DEMO_WEIGHTS_DIR / (n + '.safetensors')} arch={DEMO_ARCH}")
         for n in DEMO_MEMBERS
     ],
+    "paper-mini": [
+        (n, f"file:{PAPER_MINI_DIR / (n + '.safetensors')} arch={DEMO_ARCH}")
+        for n in PAPER_MINI_MEMBERS
+    ],
 }
 
 # What each preset needs from the caller to form one zoo.
@@ -90,6 +108,7 @@ PRESET_DEFAULTS: dict[str, dict[str, object]] = {
     "paper-resnet50": {"strip_heads": True},
     "paper-resnet50-mocov2": {"strip_heads": True},
     "demo": {"strip_heads": True},
+    "paper-mini": {"strip_heads": True},
 }
 
 
