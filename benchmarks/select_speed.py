@@ -173,7 +173,15 @@ def _load_before():
     return mod
 
 
-def part_extract(models: int, per_class: int, repeats: int) -> dict:
+def _tiny_cnn(seed: int) -> torch.nn.Module:
+    """The kind of tiny model ``zootune select`` was first tried with (tests/test_select_command.py)."""
+    nn = torch.nn
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(64, 12))
+
+
+def part_extract(models: int, per_class: int, repeats: int, kind: str = "resnet18") -> dict:
     import copy
     import shutil
     import tempfile
@@ -184,12 +192,17 @@ def part_extract(models: int, per_class: int, repeats: int) -> dict:
 
     before = _load_before()
     x, y = _digits(per_class, 0)
+    if kind == "tiny":  # 1x16x16 digits, as in the issue's note
+        x = torch.nn.functional.interpolate(x[:, :1], size=16, mode="bilinear", align_corners=False)
     zoo = []
     for i in range(models):
         torch.manual_seed(SEED + i)
-        m = torchvision.models.resnet18(num_classes=100).eval()
+        m = (_tiny_cnn(SEED + i) if kind == "tiny" else torchvision.models.resnet18(num_classes=100)).eval()
         headless = copy.deepcopy(m)
-        headless.fc = torch.nn.Identity()
+        if kind == "tiny":
+            headless[-1] = torch.nn.Identity()
+        else:
+            headless.fc = torch.nn.Identity()
         zoo.append((m, headless))
     batches = [x[s : s + 64] for s in range(0, len(x), 64)]
 
@@ -216,15 +229,17 @@ def part_extract(models: int, per_class: int, repeats: int) -> dict:
     variants["cache hit (weights hashed)"] = lambda m, h: extract(m, (x, y), gradients=True, cache_dir=cache)
     variants["cache hit (model_key given)"] = (
         lambda m, h: extract(m, (x, y), gradients=True, cache_dir=cache, model_key=f"m{id(m)}"))
-    best = {k: [float("inf")] * models for k in variants}
+    runs = {k: [[] for _ in range(models)] for k in variants}
     load = [os.getloadavg()[0]]
     for _ in range(repeats):
         for j, (m, h) in enumerate(zoo):
             for k, f in variants.items():  # interleaved: every variant once per model per round
                 t0 = time.perf_counter()
                 f(m, h)
-                best[k][j] = min(best[k][j], time.perf_counter() - t0)
+                runs[k][j].append(time.perf_counter() - t0)
         load.append(os.getloadavg()[0])
+    best = {k: [min(r) for r in v] for k, v in runs.items()}
+    median = {k: [float(np.median(r)) for r in v] for k, v in runs.items()}
     shutil.rmtree(cache, ignore_errors=True)
     # exactness on the first model: features/logits identical to a plain forward
     m, h = zoo[0]
@@ -238,11 +253,13 @@ def part_extract(models: int, per_class: int, repeats: int) -> dict:
         same["gradients_max_rel_diff_to_before"] = float(
             np.abs(ex.gradients - old.gradients).max() / np.abs(old.gradients).max())
     seconds = {k: sum(v) for k, v in best.items()}
-    base = seconds["plain eval forward"]
+    med = {k: sum(v) for k, v in median.items()}
+    base, mbase = seconds["plain eval forward"], med["plain eval forward"]
     return {
-        "models": models, "samples": len(x), "input": list(x.shape[1:]), "batch_size": 64,
+        "kind": kind, "models": models, "samples": len(x), "input": list(x.shape[1:]), "batch_size": 64,
         "repeats": repeats, "torch_threads": torch.get_num_threads(),
         "seconds_all_models": seconds, "ratio_to_plain": {k: v / base for k, v in seconds.items()},
+        "median_seconds_all_models": med, "median_ratio_to_plain": {k: v / mbase for k, v in med.items()},
         "load_average_1min": load, "checks": same,
     }
 
@@ -279,22 +296,24 @@ def write_md(res: dict) -> None:
         for s, sec in z["score_seconds_all_models"].items():
             lines.append(f"| {s} (all models) | {sec:.3f} |")
         lines += [f"| **total from cache** | **{z['total_from_cache_seconds']:.2f}** |", ""]
-    e = res.get("extract")
-    if e:
+    for e in (res.get("extract") or {}).values():
         la = e["load_average_1min"]
-        lines += [f"## Extraction vs a plain eval forward (issue 15, item 3)", "",
+        what = ("ResNet-18s (random weights)" if e["kind"] == "resnet18" else
+                "tiny CNNs (conv 1-8-16, pool, linear; as in tests/test_select_command.py)")
+        lines += [f"## Extraction vs a plain eval forward: {e['kind']} (issue 15, item 3)", "",
                   f"Command: `{e.get('command', res['command'])}`  ",
-                  f"{e['models']} ResNet-18s (random weights), {e['samples']} digits at "
+                  f"{e['models']} {what}, {e['samples']} digits at "
                   f"{'x'.join(map(str, e['input']))}, batch {e['batch_size']}, torch threads "
                   f"{e['torch_threads']}; one process, every variant once per model per round "
-                  f"(interleaved), best of {e['repeats']} rounds per model, summed over the models. "
-                  f"1-min load average {min(la):.1f}-{max(la):.1f} while measuring (shared 2-core VM).", "",
-                  "| what | seconds (all models) | / plain forward |", "|---|---:|---:|"]
+                  f"(interleaved), {e['repeats']} rounds after a warm-up; best and median of the rounds per "
+                  f"model, summed over the models. 1-min load average {min(la):.1f}-{max(la):.1f} while "
+                  "measuring (shared 2-core VM).", "",
+                  "| what | best: seconds (all models) | best / plain | median / plain |",
+                  "|---|---:|---:|---:|"]
         for k, sec in e["seconds_all_models"].items():
-            r = e["ratio_to_plain"][k]
             cell = f"{sec * 1000:.1f} ms" if sec < 1 else f"{sec:.2f} s"
-            lines.append(f"| {k} | {cell} | {r:.2f}x |")
-        lines += ["", "Checks: " + ", ".join(f"{k} = {v}" for k, v in e["checks"].items()), ""]
+            lines.append(f"| {k} | {cell} | {e['ratio_to_plain'][k]:.2f}x | {e['median_ratio_to_plain'][k]:.2f}x |")
+        lines += ["", "Checks (first model): " + ", ".join(f"{k} = {v}" for k, v in e["checks"].items()), ""]
     MD_PATH.write_text("\n".join(lines) + "\n")
 
 
@@ -306,6 +325,7 @@ def main() -> int:
     ap.add_argument("--extract-only", action="store_true", help="only part 3 (extraction vs plain forward)")
     ap.add_argument("--repeats-extract", type=int, default=5, help="rounds of part 3 (best of)")
     ap.add_argument("--extract-models", type=int, default=3)
+    ap.add_argument("--extract-zoos", default="tiny,resnet18", help="part 3 zoos: tiny, resnet18")
     args = ap.parse_args()
     RESULTS.mkdir(parents=True, exist_ok=True)
     res = json.loads(JSON_PATH.read_text()) if JSON_PATH.exists() and not args.force else {}
@@ -313,12 +333,16 @@ def main() -> int:
     if not args.extract_only:
         res["command"] = "python benchmarks/select_speed.py" + (" --quick" if args.quick else "")
     shape = (2000, 512, 20) if args.quick else (10000, 2048, 100)
-    if args.force or "extract" not in res or args.extract_only:
-        print("extraction vs plain forward ...", flush=True)
-        res["extract"] = part_extract(args.extract_models, 50, args.repeats_extract)
-        res["extract"]["command"] = " ".join(["python benchmarks/select_speed.py", *sys.argv[1:]])
+    if not isinstance(res.get("extract"), dict) or "kind" in res.get("extract", {}):
+        res["extract"] = {}  # older single-zoo layout
+    for kind in args.extract_zoos.split(","):
+        if kind in res["extract"] and not (args.force or args.extract_only):
+            continue
+        print(f"extraction vs plain forward: {kind} ...", flush=True)
+        res["extract"][kind] = part_extract(args.extract_models, 50, args.repeats_extract, kind)
+        res["extract"][kind]["command"] = " ".join(["python benchmarks/select_speed.py", *sys.argv[1:]])
         JSON_PATH.write_text(json.dumps(res, indent=2))
-        print(json.dumps(res["extract"], indent=2), flush=True)
+        print(json.dumps(res["extract"][kind]["ratio_to_plain"], indent=2), flush=True)
     if args.extract_only:
         write_md(res)
         print(MD_PATH.read_text())

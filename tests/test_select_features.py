@@ -143,3 +143,100 @@ def test_torchvision_resnet_extraction():
     ex = extract(model, (x, y), gradients=True, projection=(8, 8))
     assert ex.features.shape == (6, 512) and ex.logits.shape == (6, 5) and ex.gradients.shape == (6, 64)
     assert np.isfinite(ex.gradients).all() and np.abs(ex.gradients).sum() > 0
+
+
+# ------------------------------------------------ fast path vs the straightforward computation
+
+
+def test_fast_projection_equals_the_unfold_reference():
+    g = torch.Generator().manual_seed(0)
+    for conv in (nn.Conv2d(3, 5, 3, padding=1), nn.Conv2d(4, 6, (3, 2), stride=2, padding=(1, 2), dilation=2,
+                                                          bias=False), nn.Conv2d(2, 3, 1)):
+        proj = _Projector(conv, 4, 7, seed=1, device=torch.device("cpu"))
+        x = torch.randn(5, conv.in_channels, 11, 9, generator=g)
+        with torch.no_grad():
+            out = conv(x)
+        grad = torch.randn(out.shape, generator=g)
+        fast, ref = proj(x, grad), proj.reference(x, grad)
+        assert fast.shape == ref.shape == (5, 28)
+        torch.testing.assert_close(fast, ref, rtol=1e-5, atol=1e-5)
+
+
+class _Residual(nn.Module):
+    """Stem, then a block whose last conv feeds BN, a skip connection and a head."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(5)
+        self.stem = nn.Sequential(nn.Conv2d(1, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU())
+        self.conv = nn.Conv2d(6, 6, 3, padding=1, stride=1, bias=False)
+        self.bn = nn.BatchNorm2d(6)
+        self.fc = nn.Linear(6, 4)
+        for bn in (self.stem[1], self.bn):  # non-trivial eval statistics
+            bn.running_mean.uniform_(-0.5, 0.5)
+            bn.running_var.uniform_(0.5, 2.0)
+
+    def forward(self, x):
+        h = self.stem(x)
+        h = torch.relu(self.bn(self.conv(h)) + h)
+        return self.fc(h.mean(dim=(2, 3)))
+
+
+def _plain_forward(model, x, batch_size):
+    model.eval()
+    with torch.no_grad():
+        return torch.cat([model(x[s : s + batch_size]) for s in range(0, len(x), batch_size)])
+
+
+def test_features_and_logits_are_identical_to_a_plain_eval_forward():
+    model = _Residual()
+    x, y = _data(23)
+    plain = _plain_forward(model, x, 6).numpy()
+    for gradients in (False, True):
+        ex = extract(model, (x, y), gradients=gradients, batch_size=6)
+        np.testing.assert_array_equal(ex.logits, plain)  # bit for bit, with or without gradients
+    seq = _cnn(4)
+    feats = _plain_forward(seq[:-1], x, 6).numpy()
+    np.testing.assert_array_equal(extract(seq, (x, y), gradients=True, batch_size=6).features, feats)
+
+
+def test_projected_gradients_match_per_sample_backward_through_bn_and_skip():
+    model = _Residual()
+    x, y = _data(11)
+    ex = extract(model, (x, y), gradients=True, projection=(3, 5), batch_size=4, seed=2)
+    proj = _Projector(model.conv, 3, 5, seed=2, device=torch.device("cpu"))
+    model.eval()
+    for i in range(11):
+        model.zero_grad()
+        torch.logsumexp(model(x[i : i + 1]), 1).sum().backward()
+        g = model.conv.weight.grad.reshape(model.conv.out_channels, -1)
+        expected = (proj.r1.T @ g @ proj.r2).reshape(-1) * proj.scale
+        np.testing.assert_allclose(ex.gradients[i], expected.numpy(), rtol=1e-4, atol=1e-6)
+
+
+def test_grad_mode_is_restored_and_a_layer_before_the_gradient_conv_is_one_error():
+    from zootune.select._inputs import ScoreInputError
+
+    model = _cnn(head=False)
+    x, y = _data(10)
+    extract(model, (x, y), gradients=True)
+    assert torch.is_grad_enabled()
+    with torch.no_grad():
+        extract(model, (x, y), gradients=True)
+        assert not torch.is_grad_enabled()
+    with pytest.raises(ScoreInputError, match="does not depend on layer"):
+        extract(model, (x, y), gradients=True, feature_layer="1", gradient_layer="2")
+
+
+def test_cache_hit_runs_no_forward(tmp_path):
+    model = _cnn(6)
+    x, y = _data(30)
+    first = extract(model, (x, y), cache_dir=tmp_path, gradients=True)
+
+    def boom(*a):
+        raise AssertionError("the model ran on a cache hit")
+
+    model.register_forward_pre_hook(boom)
+    hit = extract(model, (x, y), cache_dir=tmp_path, gradients=True)
+    assert hit.cached
+    np.testing.assert_array_equal(hit.gradients, first.gradients)
