@@ -333,7 +333,7 @@ def main() -> int:
     if not args.extract_only:
         res["command"] = "python benchmarks/select_speed.py" + (" --quick" if args.quick else "")
     shape = (2000, 512, 20) if args.quick else (10000, 2048, 100)
-    if not isinstance(res.get("extract"), dict) or "kind" in res.get("extract", {}):
+    if not isinstance(res.get("extract"), dict) or "seconds_all_models" in res["extract"]:
         res["extract"] = {}  # older single-zoo layout
     for kind in args.extract_zoos.split(","):
         if kind in res["extract"] and not (args.force or args.extract_only):
