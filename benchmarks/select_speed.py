@@ -18,14 +18,16 @@ Part 2 - every score for a 5-model zoo from cached features: five torchvision Re
 a disk cache; then the timed part loads the cache and runs all scores (RSA with an MLP probe,
 domain similarity against features of a second digits subset standing in for source data).
 
-Part 3 - extraction at forward speed (issue 15, item 3): for the same ResNet-18s and the same 500
-digits, side by side in one process, interleaved, best of ``--repeats-extract`` rounds per model:
-a plain eval forward (``model.eval()``, ``torch.no_grad()``, the same batches of 64 already
+Part 3 - extraction at forward speed (issue 15, item 3), for two zoos (``--extract-zoos``): three
+ResNet-18s on the 500 digits at 3x32x32, and three tiny CNNs (two convs, as in
+``tests/test_select_command.py``) on them at 1x16x16. For each, side by side in one process,
+interleaved, ``--repeats-extract`` rounds per model: a plain eval forward (``model.eval()``, ``torch.no_grad()``, the same batches of 64 already
 stacked in memory), :func:`zootune.select.features.extract` for features only (head stripped),
 features + logits, features + logits + projected gradients, the same with the extraction code as
 it was before this work (git ``HEAD`` at the time, kept in ``benchmarks/_features_before.py``),
 and a cache hit (with the model's weights hashed, as ``zootune select`` does, and with a given
-``model_key``). Ratios are extraction time / plain forward time summed over the models.
+``model_key``). Ratios are extraction time / plain forward time summed over the models, from the
+best and from the median round.
 
 Results: ``benchmarks/results/select_speed.json`` (after each part; finished parts are skipped
 on a re-run) and ``select_speed.md``.

@@ -101,7 +101,7 @@ def _run_zootune(*args: str, env: dict | None = None) -> subprocess.CompletedPro
             "print('child LD_PRELOAD=' + os.environ.get('LD_PRELOAD', ''), file=sys.stderr)\n"
             "print('in use: ' + in_use(), file=sys.stderr)\n"
             "sys.exit(main())")
-    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, env=full,
+    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, env=full, check=False,
                           timeout=120)
 
 

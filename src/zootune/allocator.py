@@ -26,8 +26,8 @@ from __future__ import annotations
 import os
 import sys
 import sysconfig
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Sequence
 
 ENV_CHOICE = "ZOOTUNE_ALLOCATOR"
 ENV_MARKER = "ZOOTUNE_ALLOCATOR_REEXEC"
@@ -164,4 +164,4 @@ def ensure(choice: str | None, *, reexec: bool = True) -> str | None:
     return None  # pragma: no cover (execve does not return)
 
 
-__all__ = ["AllocatorError", "ENV_CHOICE", "KNOWN", "ensure", "find_library", "in_use", "is_loaded", "plan"]
+__all__ = ["ENV_CHOICE", "KNOWN", "AllocatorError", "ensure", "find_library", "in_use", "is_loaded", "plan"]

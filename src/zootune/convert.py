@@ -371,6 +371,8 @@ class ZooModel(nn.Module):
             if name not in layers or kernel not in CONV_KERNELS:
                 raise ZootuneError(f"kernel plan entry {name!r}: {kernel!r} does not fit this model")
             layers[name].kernel = kernel
+        # saved with the model (zootune.save), so a loaded model computes with the same kernels
+        self.settings["kernel_plan"] = {**self.settings.get("kernel_plan", {}), **dict(plan)}
         return self
 
     def freeze_gates(self) -> "ZooModel":

@@ -128,6 +128,8 @@ def load(
         from zootune.train.restore import build_structure
 
         model = build_structure(run["config"], run.get("task")).model
+        if isinstance(model, ZooModel) and info.get("settings", {}).get("kernel_plan"):
+            model.set_kernels(info["settings"]["kernel_plan"])
         exported = run.get("exported") or {}
         if exported.get("plain") and isinstance(model, ZooModel):  # zootune export's plain file
             model = model.export(average_gates=not model.lite)
@@ -155,6 +157,8 @@ def load(
             recompute=s.get("recompute", True),
         )
         model.settings["rest"] = s.get("rest", "average")
+        if s.get("kernel_plan"):
+            model.set_kernels(s["kernel_plan"])
     else:
         import copy
 

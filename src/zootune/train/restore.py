@@ -67,7 +67,7 @@ def load_run(path: str | Path, *, weights: str = "final", data_overrides: Sequen
     always the run's own.
     """
     from zootune.data import build_data
-    from zootune.export import load_state_into, run_metadata
+    from zootune.export import load_state_into, read_metadata, run_metadata
 
     run_dir, explicit = find_run_dir(path)
     bad = [o for o in data_overrides if not o.split("=", 1)[0].startswith("data.")]
@@ -78,6 +78,9 @@ def load_run(path: str | Path, *, weights: str = "final", data_overrides: Sequen
     record = run_metadata(wfile) or {}
     run = build_structure(cfg, record.get("task"))
     load_state_into(run.model, wfile)
+    plan = (read_metadata(wfile).get("settings") or {}).get("kernel_plan")
+    if plan and hasattr(run.model, "set_kernels"):  # the kernels the run trained with
+        run.model.set_kernels(plan)
     run.model.eval()
     if with_data or data_overrides:
         eval_cfg = load_config(run_dir / "config.yaml", data_overrides) if data_overrides else cfg
