@@ -54,7 +54,7 @@ import torch
 import torch.nn.functional as F
 
 from zootune.data import DataSplits, TransformedDataset
-from zootune.data.glyphs import Augment, base_bitmaps, distinct_chars, render_glyphs
+from zootune.data.glyphs import base_bitmaps, distinct_chars, render_glyphs
 from zootune.demo.data import ZOO_DOMAINS, TensorImages, domain_chars
 from zootune.demo.model import RESOLUTION, MiniCNN
 

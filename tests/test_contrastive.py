@@ -123,7 +123,7 @@ def test_probe_trains_only_the_head_and_is_optional():
     loss.backward()
     assert all(p.grad is not None for p in model.features.parameters())
     # without the probe the head gets no gradient
-    model, method, task, data, cfg = _tiny(probe=False)
+    model, method, task, data, _ = _tiny(probe=False)
     model.train()
     method.loss(model, batch, task)[0].backward()
     assert model.head.weight.grad is None

@@ -102,5 +102,5 @@ def test_preset_weights_exist_in_torchvision():
 
 
 def test_unknown_name_is_not_a_preset():
-    with pytest.raises(ZooSpecError, match="presets: demo, paper-resnet50"):
+    with pytest.raises(ZooSpecError, match="presets: demo, paper-mini, paper-resnet50"):
         expand_specs("paper-resnet51")
