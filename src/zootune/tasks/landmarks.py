@@ -49,7 +49,7 @@ from pydantic import Field
 from torch import nn
 
 from zootune.errors import HeadError
-from zootune.tasks.base import Task, TaskError, TaskOptions, register
+from zootune.tasks.base import Task, TaskError, TaskOptions, record_forward, register
 
 HEAD_NAME = "heatmap_head"
 
@@ -230,19 +230,10 @@ def find_trunk(model: nn.Module, example: torch.Tensor) -> tuple[str, tuple[int,
 
 def _feature_shape(model: nn.Module, layer: str, example: torch.Tensor) -> tuple[int, ...]:
     try:
-        target = model.get_submodule(layer) if layer else model
+        model.get_submodule(layer) if layer else model
     except AttributeError:
         raise TaskError(f"task.trunk {layer!r} is not a module of {type(model).__name__}") from None
-    seen: list[torch.Tensor] = []
-    hook = target.register_forward_hook(lambda m, i, o: seen.append(o))
-    was = model.training
-    try:
-        model.eval()
-        with torch.no_grad():
-            model(example)
-    finally:
-        hook.remove()
-        model.train(was)
+    seen = [out for _, out in record_forward(model, example, [layer]).get(layer, [])]
     if not seen or not torch.is_tensor(seen[-1]) or seen[-1].dim() != 4:
         raise TaskError(f"task.trunk {layer!r} does not output a feature map (N, C, H, W)")
     return tuple(seen[-1].shape[1:])
