@@ -24,7 +24,7 @@ ResNet-18s on the 500 digits at 3x32x32, and three tiny CNNs (two convs, as in
 interleaved, ``--repeats-extract`` rounds per model: a plain eval forward (``model.eval()``, ``torch.no_grad()``, the same batches of 64 already
 stacked in memory), :func:`zootune.select.features.extract` for features only (head stripped),
 features + logits, features + logits + projected gradients, the same with the extraction code as
-it was before this work (git ``HEAD`` at the time, kept in ``benchmarks/_features_before.py``),
+it was before this work (read from git: ``BEFORE_REV``),
 and a cache hit (with the model's weights hashed, as ``zootune select`` does, and with a given
 ``model_key``). Ratios are extraction time / plain forward time summed over the models, from the
 best and from the median round.
@@ -161,13 +161,24 @@ def part_zoo(models: int, per_class: int) -> dict:
     }
 
 
-def _load_before():
-    """The extraction module as it was before the fast path (for the side-by-side row)."""
-    import importlib.util
+#: the last commit with the extraction code before the fast path (issue 15, item 3)
+BEFORE_REV = "3da5f7a"
 
-    path = HERE / "_features_before.py"
-    if not path.exists():
+
+def _load_before():
+    """The extraction module as it was at ``BEFORE_REV``, read from git (for the side-by-side
+    row); ``None`` outside a git checkout that has that commit."""
+    import importlib.util
+    import subprocess
+    import tempfile
+
+    try:
+        src = subprocess.run(["git", "show", f"{BEFORE_REV}:src/zootune/select/features.py"],
+                             cwd=HERE, capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
         return None
+    path = Path(tempfile.mkdtemp(prefix="zootune_features_before_")) / "_features_before.py"
+    path.write_text(src)  # a scratch copy to import, not an output of the benchmark
     spec = importlib.util.spec_from_file_location("zootune.select._features_before", path)
     mod = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = mod  # dataclasses look the module up while it executes
