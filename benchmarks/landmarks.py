@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -33,21 +31,9 @@ HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 CACHE = HERE / "cache" / "landmarks"
 CONFIG = "landmarks"  # the shipped compare config
-NOTES_MARK = "<!-- notes: hand-written analysis below is kept when the tables are rewritten -->"
+sys.path.insert(0, str(HERE))
 
-
-def keep_notes(path: Path, text: str) -> str:
-    if path.is_file():
-        old = path.read_text()
-        if NOTES_MARK in old:
-            return text.rstrip("\n") + "\n\n" + NOTES_MARK + old.split(NOTES_MARK, 1)[1]
-    return text.rstrip("\n") + "\n\n" + NOTES_MARK + "\n"
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+from common import atomic_write, environment, keep_notes
 
 
 def plot_gates(summary: dict[str, Any], path: Path) -> list[str]:
@@ -82,9 +68,7 @@ def plot_gates(summary: dict[str, Any], path: Path) -> list[str]:
 
 def write_results(spec: Any, cells: dict[str, Any], seeds: list[int], wall: float, command: str) -> None:
     """The results files from the finished cells (``spec``: the comparison over all ``seeds``)."""
-    import torch
 
-    import zootune
     from zootune.compare.spec import plan_cells
     from zootune.compare.table import format_markdown, summarize
 
@@ -97,10 +81,7 @@ def write_results(spec: Any, cells: dict[str, Any], seeds: list[int], wall: floa
             r["source_names"] = zoo_names
     done = [c.id for c in plan if c.id in cells]
     todo = [c.id for c in plan if c.id not in cells]
-    env = {"machine": platform.platform(), "processor": platform.processor() or platform.machine(),
-           "cpus": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
-           "numpy": __import__("numpy").__version__, "zootune": zootune.__version__,
-           "threads": 1, "written": time.strftime("%Y-%m-%d %H:%M:%S")}
+    env = environment()
     doc = {"name": "landmarks", "command": command, "seeds": seeds, "environment": env,
            "wall_time_s_this_invocation": wall,
            "wall_time_s_cells": sum(c.get("wall_time_s", 0.0) + sum(s.get("wall_time_s", 0.0)
@@ -110,7 +91,7 @@ def write_results(spec: Any, cells: dict[str, Any], seeds: list[int], wall: floa
            "cells": {k: v for k, v in cells.items() if k in set(done)},
            "compare": spec.options.model_dump(mode="json"), "base_config": spec.base}
     RESULTS.mkdir(parents=True, exist_ok=True)
-    _atomic_write(RESULTS / "landmarks.json", json.dumps(doc, indent=2, default=str))
+    atomic_write(RESULTS / "landmarks.json", json.dumps(doc, indent=2, default=str))
     panels = plot_gates(summary, RESULTS / "landmarks_gates.png")
     md = format_markdown(full, summary)
     status = ["", "## Status", "",
@@ -126,7 +107,7 @@ def write_results(spec: Any, cells: dict[str, Any], seeds: list[int], wall: floa
                    ("Mean gate per source (rows) and aggregated layer (columns, input -> output), "
                     f"averaged over the finished seeds: {', '.join(panels)}. Lite: the temporal "
                     "ensemble of the gates; per-sample: the running mean of the per-sample gates."), ""]
-    _atomic_write(RESULTS / "landmarks.md", keep_notes(RESULTS / "landmarks.md", md + "\n".join(status)))
+    atomic_write(RESULTS / "landmarks.md", keep_notes(RESULTS / "landmarks.md", md + "\n".join(status)))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from zootune.errors import ZootuneError
@@ -104,3 +106,30 @@ def test_preset_weights_exist_in_torchvision():
 def test_unknown_name_is_not_a_preset():
     with pytest.raises(ZooSpecError, match="presets: demo, paper-mini, paper-resnet50"):
         expand_specs("paper-resnet51")
+
+
+def test_preset_members_selected_in_order_with_repeats():
+    from zootune.zoo.load import expand_specs
+    from zootune.zoo.presets import expand_preset
+
+    whole = dict(expand_preset("paper-mini"))
+    sub = expand_preset("paper-mini[contrastive, keypoints]")
+    assert sub == [("contrastive", whole["contrastive"]), ("keypoints", whole["keypoints"])]
+    specs, defaults = expand_specs("paper_mini[base,base,base]")
+    assert [s.text for s in specs] == [whole["base"]] * 3
+    assert defaults == {"strip_heads": True}  # the preset's defaults still apply
+    from zootune.zoo.load import unique_names
+
+    assert unique_names([s.label for s in specs]) == ["base", "base#2", "base#3"]
+
+
+@pytest.mark.parametrize("text, fragment", [
+    ("paper-mini[foo]", "unknown member 'foo'; members of 'paper-mini': base, script"),
+    ("paper-mini[]", "no member given"),
+    ("paper-mini[base", "PRESET[m1,m2,...]"),
+])
+def test_bad_preset_member_selection_is_one_clear_error(text, fragment):
+    from zootune.zoo.load import expand_specs
+
+    with pytest.raises(ZooSpecError, match=re.escape(fragment)):
+        expand_specs(text)

@@ -18,7 +18,7 @@ from zootune.zoo.heads import find_head, strip_head
 from zootune.zoo.keymap import KeyMapReport, is_head_key
 from zootune.zoo.preprocess import ATTR as PRE_ATTR
 from zootune.zoo.preprocess import Preprocessing, zoo_preprocessing
-from zootune.zoo.presets import PRESET_DEFAULTS, expand_preset, preset_names
+from zootune.zoo.presets import PRESET_DEFAULTS, expand_preset, preset_key, preset_names
 from zootune.zoo.relatedness import Relatedness, relatedness, warn_if_unrelated
 from zootune.zoo.spec import ZooSpec, parse_spec
 
@@ -86,8 +86,7 @@ def expand_specs(
     defaults: dict[str, object] = {}
     for s in specs:
         if isinstance(s, str) and (members := expand_preset(s)) is not None:
-            key = s.strip().replace("_", "-").lower()
-            defaults.update(PRESET_DEFAULTS.get(key, {}))
+            defaults.update(PRESET_DEFAULTS.get(preset_key(s), {}))
             out += [parse_spec(text, name=n) for n, text in members]
         else:
             out.append(_safe_parse(s, arch))

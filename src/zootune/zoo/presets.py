@@ -50,6 +50,11 @@ cluttered scene, trunk only) — and ``contrastive`` (SimCLR from its own random
 ``zootune zoo inspect`` reports as unrelated, as MoCo in ``paper-resnet50``. Heads differ or
 are absent, so they are stripped.
 
+Some members of a preset, in a chosen order: ``paper-mini[contrastive,keypoints]``; a member
+may repeat (``paper-mini[base,base,base,base,base]``: five copies of one model, the paper's
+"5x ImageNet" of Table 4; repeated names become ``base#2``...). An unknown member name is an
+error listing the preset's members.
+
 These are *zoo* presets (which models form the zoo); the recipe presets of a training config
 are another thing (:mod:`zootune.config`).
 """
@@ -57,6 +62,8 @@ are another thing (:mod:`zootune.config`).
 from __future__ import annotations
 
 from pathlib import Path
+
+from zootune.zoo.errors import ZooSpecError
 
 MOCO_V1_URL = (
     "https://dl.fbaipublicfiles.com/moco/moco_checkpoints/moco_v1_200ep/"
@@ -117,6 +124,25 @@ def preset_names() -> list[str]:
     return sorted(ZOO_PRESETS)
 
 
+def preset_key(name: str) -> str:
+    """The preset a name refers to (``_``/``-`` and case folded, a ``[members]`` part dropped)."""
+    return name.strip().split("[", 1)[0].strip().replace("_", "-").lower()
+
+
 def expand_preset(name: str) -> list[tuple[str, str]] | None:
-    """``[(member name, spec), ...]`` for a preset name (``_`` and ``-`` both accepted)."""
-    return ZOO_PRESETS.get(name.strip().replace("_", "-").lower())
+    """``[(member name, spec), ...]`` for a preset name (``_`` and ``-`` both accepted), or for
+    ``PRESET[m1,m2,...]`` (those members, in that order, repeats allowed); ``None`` if ``name``
+    is not a preset."""
+    text = name.strip()
+    members = ZOO_PRESETS.get(preset_key(text))
+    if members is None or "[" not in text:
+        return members
+    if not text.endswith("]"):
+        raise ZooSpecError(f"zoo preset {text!r}: write the members as PRESET[m1,m2,...]")
+    wanted = [m.strip() for m in text[text.index("[") + 1:-1].split(",") if m.strip()]
+    by_name = dict(members)
+    unknown = [m for m in wanted if m not in by_name]
+    if unknown or not wanted:
+        raise ZooSpecError(f"zoo preset {text!r}: {'no member given' if not wanted else 'unknown member ' + repr(unknown[0])}"
+                         f"; members of {preset_key(text)!r}: {', '.join(by_name)}")
+    return [(m, by_name[m]) for m in wanted]

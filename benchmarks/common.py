@@ -1,0 +1,41 @@
+"""Helpers shared by the benchmark scripts that wrap ``zootune compare`` (results files, notes)."""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+#: below this line of a results Markdown file, hand-written analysis survives a rewrite
+NOTES_MARK = "<!-- notes: hand-written analysis below is kept when the tables are rewritten -->"
+
+
+def keep_notes(path: Path, text: str) -> str:
+    """``text`` followed by the notes already below :data:`NOTES_MARK` in ``path`` (if any)."""
+    if path.is_file():
+        old = path.read_text()
+        if NOTES_MARK in old:
+            return text.rstrip("\n") + "\n\n" + NOTES_MARK + old.split(NOTES_MARK, 1)[1]
+    return text.rstrip("\n") + "\n\n" + NOTES_MARK + "\n"
+
+
+def atomic_write(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file (never a half-written result)."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def environment(threads: int = 1) -> dict[str, Any]:
+    """Machine, versions and time of writing, recorded beside every result."""
+    import numpy
+    import torch
+
+    import zootune
+
+    return {"machine": platform.platform(), "processor": platform.processor() or platform.machine(),
+            "cpus": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
+            "numpy": numpy.__version__, "zootune": zootune.__version__, "threads": threads,
+            "written": time.strftime("%Y-%m-%d %H:%M:%S")}
