@@ -171,3 +171,27 @@ def test_the_shipped_example_plans_every_baseline_of_the_paper():
                        "average_aggregation", "zoo_tuning"}
     zt = [c.cfg.method for c in plan_cells(spec) if c.cfg.method.name == "zoo_tuning"]
     assert {(m.align is not False, m.lite) for m in zt} == {(True, False), (False, False), (True, True)}
+
+
+def test_recount_costs_restores_the_measured_costs(tmp_path):
+    from zootune.compare.runner import recount_costs
+
+    spec = load_compare(raw=_raw(["zoo_tuning", "ensemble"], seeds=[0]))
+    run_compare(spec, tmp_path, log=lambda s: None)
+    cells_file = tmp_path / "cells.json"
+    cells = json.loads(cells_file.read_text())
+    true = {k: dict(v["costs"]) for k, v in cells.items()}
+    for v in cells.values():  # as if counted by an older rule
+        v["costs"]["train_flops"] = 1.0
+    cells_file.write_text(json.dumps(cells))
+    n = recount_costs(spec, tmp_path, log=lambda s: None)
+    assert n == 1  # zoo_tuning; the ensemble has earlier stages and is left alone
+    after = json.loads(cells_file.read_text())
+    zt = "zoo_tuning@seed0"
+    assert after[zt]["costs"] == true[zt]
+    assert after["ensemble@seed0"]["costs"]["train_flops"] == 1.0
+    record = json.loads((tmp_path / after[zt]["run"] / "compare.json").read_text())
+    assert record["costs"] == true[zt]
+    table = json.loads((tmp_path / "results.json").read_text())
+    row = next(r for r in table["summary"]["rows"] if r["label"] == "zoo_tuning")
+    assert row["train_flops"] == true[zt]["train_flops"]

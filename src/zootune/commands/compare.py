@@ -40,6 +40,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--only", nargs="+", default=None, metavar="LABEL",
                    help="run only these entries now (labels as in the table)")
     p.add_argument("--plan", action="store_true", help="list the cells and exit")
+    p.add_argument("--recount-costs", action="store_true",
+                   help="measure the costs of the finished cells again (single-stage methods) and "
+                        "rewrite the tables; trains nothing")
     p.add_argument("--examples", action="store_true",
                    help="list the compare configs shipped with zootune and exit")
     p.set_defaults(func=run)
@@ -62,6 +65,12 @@ def run(args: argparse.Namespace) -> int:
     if args.plan:
         for c in plan_cells(spec):
             print(c.id)
+        return 0
+    if args.recount_costs:
+        from zootune.compare.runner import recount_costs
+
+        n = recount_costs(spec, args.out, log=lambda s: print(s, flush=True))
+        print(f"costs of {n} finished cell(s) measured again")
         return 0
     res = run_compare(spec, args.out, only=args.only, log=lambda s: print(s, flush=True))
     print(res["results_md"].read_text())

@@ -36,7 +36,8 @@ from zootune.atomic import atomic_write_text
 from zootune.compare.spec import CompareSpec, plan_cells
 from zootune.config import Config
 
-__all__ = ["CompareResult", "gate_record", "measure_costs", "run_compare", "run_dir_name", "run_key"]
+__all__ = ["CompareResult", "gate_record", "measure_costs", "recount_costs", "run_compare", "run_dir_name",
+           "run_key"]
 
 #: settings that do not change what a run computes (left out of its content hash)
 _COSMETIC = {
@@ -316,3 +317,53 @@ def run_compare(spec: CompareSpec, out_dir: str | Path | None = None, *,
     log(f"{trained} cell(s) trained, {skipped} already finished; results: {files[1]}")
     return CompareResult(cells=cells, summary=summary, interrupted=interrupted,
                          results_json=files[0], results_md=files[1], out_dir=out)
+
+
+def recount_costs(spec: CompareSpec, out_dir: str | Path | None = None, *,
+                  log: Callable[[str], None] = print) -> int:
+    """Measure the costs of the finished cells again (after a change of how costs are counted)
+    and rewrite them in ``cells.json``, each run's record and the tables; returns how many.
+
+    FLOPs and parameters depend on a model's structure, not on its trained weights, so each
+    cell's model is rebuilt from its config (zoo and data loaded as for training) and counted by
+    :func:`measure_costs`. A method with earlier stages (ensemble, distill...) needs their
+    results to be built: those cells are left as they are.
+    """
+    from zootune.compare.table import summarize, write_tables
+    from zootune.methods import build_method
+    from zootune.train.build import build_run
+
+    out = Path(out_dir or spec.options.out_dir or Path("runs") / f"compare_{spec.name}")
+    cells_file = out / "cells.json"
+    cells: dict[str, Any] = json.loads(cells_file.read_text()) if cells_file.is_file() else {}
+    plan = plan_cells(spec)
+    loaded = _Loaded()
+    n = 0
+    for cell in plan:
+        rec = cells.get(cell.id)
+        record_file = out / rec["run"] / RUN_RECORD if rec else None
+        if record_file is None or not record_file.is_file():
+            continue
+        method = build_method(cell.cfg.method)
+        if len(method.stages(cell.cfg)) > 1:
+            continue
+        zk, dk = loaded.zoo_key(cell.cfg), loaded.data_key(cell.cfg)
+        run = build_run(cell.cfg, zoo=None if method.needs_source_heads else loaded.zoos.get(zk),
+                        data=loaded.data.get(dk))
+        if not method.needs_source_heads:
+            loaded.zoos.setdefault(zk, run.zoo)
+        loaded.data.setdefault(dk, run.data)
+        costs = {**measure_costs(run), "method": run.method.describe()}
+        if {k: rec["costs"].get(k) for k in costs} != costs:
+            log(f"{cell.id}: costs recounted (train FLOPs {rec['costs'].get('train_flops')} -> "
+                f"{costs['train_flops']})")
+        rec["costs"] = costs
+        record = json.loads(record_file.read_text())
+        record["costs"] = costs
+        atomic_write_text(record_file, json.dumps(record, indent=2, default=str))
+        n += 1
+    on_disk = json.loads(cells_file.read_text()) if cells_file.is_file() else {}
+    cells = {**on_disk, **{k: v for k, v in cells.items() if k in on_disk}}
+    atomic_write_text(cells_file, json.dumps(cells, indent=2, default=str))
+    write_tables(spec, summarize(spec, plan, cells), cells, out)
+    return n
