@@ -2,8 +2,10 @@
 
 Owns the data registry (``build_data(cfg.data, preprocessing)`` returns :class:`DataSplits` for
 the data set named by ``cfg.data.name``; built in: ``digits`` (scikit-learn's handwritten
-digits, real data, no download) and ``image_folder`` (one sub-folder per class); other modules
-add theirs with :func:`register_dataset`), the sample convention (dicts of named fields,
+digits, real data, no download), ``image_folder`` (one sub-folder per class), ``shapes``
+(procedural geometric shapes on textured backgrounds, :mod:`.shapes`), the glyph domains and
+demo target, procedural faces and the landmark sets, and the torchvision-read paper targets;
+other modules add theirs with :func:`register_dataset`), the sample convention (dicts of named fields,
 :mod:`.sample`), seeded joint transforms and the evaluation preprocessing record that exported
 models carry (:mod:`.transforms`). Must never import :mod:`zootune.train`,
 :mod:`zootune.methods`, :mod:`zootune.tasks` or :mod:`zootune.commands`.
@@ -22,6 +24,7 @@ _REGISTRY: dict[str, str | DatasetBuilder] = {
     "image_folder": "zootune.data.image_folder:build_image_folder",
     "glyphs": "zootune.demo.data:_build_glyphs",
     "demo_target": "zootune.demo.data:_build_target",
+    "shapes": "zootune.data.shapes:build_shapes",
     "procedural_faces": "zootune.data.landmarks:build_procedural_faces",
     "300w": "zootune.data.landmarks:build_300w",
     "wflw": "zootune.data.landmarks:build_wflw",
