@@ -8,6 +8,24 @@
   baseline): no alignment, frozen equal gates; it runs as one ordinary convolution per layer
   (lite) and exports to a plain model.
 
+Gate remedies (``zoo_tuning`` / ``zoo_tuning_lite`` options, all off by default; for gates that
+learn per-layer weights but no per-input routing; ``docs/baselines.md``, "Gate remedies"):
+
+* ``gate_noise: s`` — noisy gating (Shazeer et al., ICLR 2017, Eq. 4 without top-k): in
+  training mode every gate computes ``act(z + s * eps)``, ``eps ~ N(0, I)`` per sample and
+  source, ``z`` its logits (before the sigmoid / normalisation / softmax). Fixed ``s`` (not the
+  paper's learned softplus std: see :mod:`zootune.layers.gate`). Eval is noiseless. Lite mode
+  uses and records (temporal ensemble, Eq. 4) the batch mean of the *noisy* gates, i.e. the
+  gates as computed in training.
+* ``gate_balance: w`` — the importance loss (Shazeer et al. 2017, Eqs. 6-7) added to the task
+  loss by :meth:`ZooTuning.loss`: ``w * mean_l CV(Imp^l)^2``, ``Imp^l_i = sum_b a^l_bi`` the
+  importance of source ``i`` at aggregated layer ``l`` in the batch (gates as computed in the
+  forward: noisy when ``gate_noise > 0``). The per-sample gates are read by temporary forward
+  hooks on the gate networks during that forward only (the kernels are unchanged, nothing is
+  kept between steps); at ``w == 0`` the method's loss is the task loss, untouched.
+* ``gate_hidden: h`` — a wider gate network (hidden width ``h`` in every aggregated layer instead
+  of ``C_in // 4 + 1``, which is one unit, easily dead, for a thin first conv).
+
 ``align_zoo: true`` (both methods): permute every member into the first member's channel order
 first (:func:`zootune.align_zoo`, weight matching, no data), for zoos whose members were trained
 from independent random starts.
@@ -27,6 +45,7 @@ import torch
 from pydantic import Field
 from torch import nn
 
+from zootune.layers.gate import capture_gates, importance_loss, set_gate_noise
 from zootune.methods.base import BuildContext, Method, MethodOptions, register
 
 
@@ -48,8 +67,13 @@ class ZooTuningOptions(AggregationOptions):
     lite: bool = False
     gate: Literal["sigmoid", "normalized", "softmax"] = "normalized"
     gate_init: Literal["uniform", "kaiming", "default"] = "uniform"
+    #: hidden width of every gate network (default ``C_in // 4 + 1``); the "wider gate" remedy
     gate_hidden: int | None = Field(default=None, ge=1)
     te_momentum: float = Field(default=0.9, ge=0.0, lt=1.0)
+    #: std of the Gaussian noise on the gate logits in training (noisy gating; 0: off)
+    gate_noise: float = Field(default=0.0, ge=0.0, allow_inf_nan=False)
+    #: weight of the importance (CV^2) balance term added to the training loss (0: off)
+    gate_balance: float = Field(default=0.0, ge=0.0, allow_inf_nan=False)
 
 
 def _source_models(opts: AggregationOptions, ctx: BuildContext) -> list[nn.Module]:
@@ -129,18 +153,47 @@ class ZooTuning(Method):
 
         o = self.options
         torch.manual_seed(ctx.cfg.train.seed)  # gates and alignment start the same everywhere
-        return _mark_aligned(zootune.zoo_tune(
+        zm = _mark_aligned(zootune.zoo_tune(
             _source_models(o, ctx), **_zoo_tune_kwargs(o, ctx), align=o.align, lite=o.lite,
             gate=o.gate, gate_init=o.gate_init, gate_hidden=o.gate_hidden,
             te_momentum=o.te_momentum), o)
+        if o.gate_noise > 0:
+            set_gate_noise(zm, o.gate_noise)
+            zm.settings["gate_noise"] = float(o.gate_noise)  # a record (training only)
+        return zm
 
     def prepare_training(self, model, first_batch, task, extras) -> None:
         plan_kernels(model, first_batch, task, extras)
 
+    def loss(self, model: nn.Module, batch, task):
+        """The task loss, plus ``gate_balance`` x the importance loss of this forward's gates
+        (module docstring) when ``gate_balance > 0``."""
+        w = self.options.gate_balance
+        if w <= 0:
+            return super().loss(model, batch, task)
+        with capture_gates(_gates_of(model)) as gates:
+            outputs = task.forward(model, batch)
+        loss = task.loss(outputs, batch)
+        if gates:
+            balance = importance_loss(gates)
+            self.last_balance = balance.detach()  # unweighted, for inspection
+            loss = loss + w * balance.to(loss.dtype)
+        return loss, outputs
+
     def describe(self) -> str:
         o = self.options
+        remedies = "".join(f", {k}={getattr(o, k)}"
+                           for k in ("gate_hidden", "gate_noise", "gate_balance") if getattr(o, k))
         return (f"{self.name} ({'lite' if o.lite else 'per-sample'}, align={o.align}, gate={o.gate}"
-                f"{', align_zoo' if o.align_zoo else ''})")
+                f"{remedies}{', align_zoo' if o.align_zoo else ''})")
+
+
+def _gates_of(model: nn.Module) -> list[nn.Module]:
+    """The gate networks of every AdaAgg layer of ``model`` (a ZooModel, possibly DDP-wrapped)."""
+    from zootune.layers import AdaAggBase
+
+    inner = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+    return [m.gate for m in inner.modules() if isinstance(m, AdaAggBase)]
 
 
 @register("zoo_tuning_lite")

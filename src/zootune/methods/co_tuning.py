@@ -231,9 +231,11 @@ class CoTuningHeads(nn.Module):
 
 
 class _ZooTuningPart(ZooTuningOptions):
-    """Zoo-Tuning's options inside ``co_tuning`` (used with ``source: all``)."""
+    """Zoo-Tuning's options inside ``co_tuning`` (used with ``source: all``). ``gate_balance``
+    is refused: co_tuning's own loss does not add Zoo-Tuning's balance term."""
 
     name: str = "zoo_tuning"
+    gate_balance: float = Field(default=0.0, ge=0.0, le=0.0)
 
 
 class CoTuningOptions(MethodOptions):
