@@ -68,6 +68,47 @@ def test_method_option_align_zoo(method):
     assert out.shape[0] == 2
 
 
+@pytest.mark.parametrize("method", ["average_aggregation", "zoo_tuning"])
+def test_method_option_align_zoo_activations_and_repair_use_target_training_batches(method):
+    from zootune.align import align_zoo, repair_batchnorm
+    from zootune.methods.aggregation import AlignZooOptions, _target_batches
+    from zootune.methods.base import BuildContext
+    from zootune.train import build_run
+
+    opts = {"method": "activations", "repair": "repair", "batches": 2, "batch_size": 8}
+    kw = dict(zoo__builder_kwargs={"widths": [4, 8], "norm": "batch"})
+    run = build_run(tiny_config(method={"name": method, "align_zoo": opts}, **kw))
+    assert run.model.settings["align_zoo"] == {"method": "activations", "reference": 0, "repair": "repair"}
+    # the same thing by hand: align on the run's training batches, aggregate, repair
+    plain = build_run(tiny_config(method={"name": method}, **kw))
+    ctx = BuildContext(plain.zoo, plain.task, plain.cfg, "main", {}, data=plain.data)
+    batches = _target_batches(ctx, AlignZooOptions(**opts))
+    assert len(batches) == 2 and batches[0]["image"].shape[0] == 8
+    x = [b["image"] for b in batches]
+    aligned = align_zoo(list(plain.zoo), method="activations", data=x, example_input=x[0][:2],
+                        permute_outputs=True, seed=plain.cfg.train.seed, max_batches=2)
+    members = plain.task.prepare_zoo(list(aligned), keep_source_heads=False)
+    sd = run.model.state_dict()
+    bn_keys = [k for k in sd if k.endswith("running_mean")]
+    assert bn_keys
+    ref = zootune.zoo_tune(members, lite=True, align=False, gate="normalized", gate_init="uniform")
+    repair_batchnorm(ref, members, x, mode="repair")
+    for k in bn_keys:
+        assert torch.allclose(sd[k], ref.state_dict()[k], atol=1e-5), k
+    # without repair the statistics are the members' average, not these
+    unrepaired = build_run(tiny_config(method={"name": method, "align_zoo": {"method": "activations"}}, **kw))
+    assert any(not torch.allclose(unrepaired.model.state_dict()[k], sd[k]) for k in bn_keys)
+    out = run.model(torch.rand(2, 1, 8, 8))
+    assert torch.isfinite(out).all()
+
+
+def test_method_option_align_zoo_mapping_is_validated():
+    from zootune.config import ConfigError
+
+    with pytest.raises(ConfigError, match="align_zoo"):
+        tiny_config(method={"name": "zoo_tuning", "align_zoo": {"method": "magic"}})
+
+
 def test_unrelated_warning_suggests_alignment():
     from zootune.zoo.relatedness import relatedness
 

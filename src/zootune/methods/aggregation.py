@@ -28,7 +28,9 @@ learn per-layer weights but no per-input routing; ``docs/baselines.md``, "Gate r
 
 ``align_zoo: true`` (both methods): permute every member into the first member's channel order
 first (:func:`zootune.align_zoo`, weight matching, no data), for zoos whose members were trained
-from independent random starts.
+from independent random starts. ``align_zoo: {method: activations, repair: true}``
+(:class:`AlignZooOptions`) matches activations on a few target training batches instead and
+repairs the aggregated model's BatchNorm statistics on them.
 
 Kernel choice: ``kernel: auto`` times the candidate per-sample kernels once per layer shape and
 keeps the fastest. Which one wins may differ between processes (and their rounding with it), so
@@ -39,14 +41,33 @@ checkpoints (``extras["kernels"]``) and ``result.json``, and reuses it on resume
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from pydantic import Field
 from torch import nn
 
+from zootune.config import Section
 from zootune.layers.gate import capture_gates, importance_loss, set_gate_noise
-from zootune.methods.base import BuildContext, Method, MethodOptions, register
+from zootune.methods.base import BuildContext, Method, MethodError, MethodOptions, register
+
+
+class AlignZooOptions(Section):
+    """``align_zoo: {method, repair, batches, batch_size}`` (:func:`zootune.align_zoo`).
+
+    ``method``: ``weights`` (weight matching, no data) or ``activations`` (correlation of the
+    members' activations on target images). ``repair``: after aggregation, set the BatchNorm
+    statistics of the aggregated model (which starts as the zoo's average) from the aligned
+    members' (``repair``: REPAIR, Jordan et al., ICLR 2023; ``reset``: RESET, recomputed on the
+    data) — :func:`zootune.align.repair_batchnorm`. Both read the first ``batches`` batches of
+    ``batch_size`` training samples of the target (sample keys seeded by ``train.seed``, so the
+    same batches on every run of that seed), never validation or test data.
+    """
+
+    method: Literal["weights", "activations"] = "weights"
+    repair: bool | Literal["repair", "reset"] = False
+    batches: int = Field(default=8, ge=1)
+    batch_size: int = Field(default=32, ge=2)
 
 
 class AggregationOptions(MethodOptions):
@@ -58,8 +79,10 @@ class AggregationOptions(MethodOptions):
     kernel: str = "auto"
     recompute: bool = True
     #: permute every member into the first member's channel order before aggregating
-    #: (:func:`zootune.align_zoo`, weight matching: for zoos trained from independent starts)
-    align_zoo: bool = False
+    #: (:func:`zootune.align_zoo`: for zoos trained from independent starts). ``true``: weight
+    #: matching, no data; a mapping (:class:`AlignZooOptions`): the matching method and
+    #: BatchNorm repair, on a few batches of the target's training split
+    align_zoo: bool | AlignZooOptions = False
 
 
 class ZooTuningOptions(AggregationOptions):
@@ -76,28 +99,70 @@ class ZooTuningOptions(AggregationOptions):
     gate_balance: float = Field(default=0.0, ge=0.0, allow_inf_nan=False)
 
 
-def _source_models(opts: AggregationOptions, ctx: BuildContext) -> list[nn.Module]:
-    """The zoo's models for the target task; with ``align_zoo`` first aligned to member 0.
+def _align_options(opts: AggregationOptions) -> AlignZooOptions | None:
+    a = opts.align_zoo
+    if a is False:
+        return None
+    return AlignZooOptions() if a is True else a
+
+
+def _target_batches(ctx: BuildContext, o: AlignZooOptions) -> list[dict]:
+    """The first ``o.batches`` batches of the target's training split, drawn with ``train.seed``."""
+    from zootune.data.sample import collate_samples
+
+    ds = ctx.data.train if ctx.data is not None else None
+    if ds is None or len(ds) == 0:
+        raise MethodError("align_zoo with method 'activations' or repair needs the target's "
+                          "training data, and the run has none")
+    g = torch.Generator().manual_seed(int(ctx.cfg.train.seed))
+    order = torch.randperm(len(ds), generator=g).tolist()
+    n = min(len(order), o.batches * o.batch_size)
+    seed = int(ctx.cfg.train.seed) * 1_000_003  # (index, seed) keys: augmentation is seeded too
+    return [collate_samples([ds[(i, seed + i)] for i in order[k:k + o.batch_size]])
+            for k in range(0, n, o.batch_size)]
+
+
+def _source_models(opts: AggregationOptions, ctx: BuildContext) -> tuple[list[nn.Module], Any]:
+    """The zoo's models for the target task and what the BatchNorm repair needs afterwards
+    (``(mode, batches)`` or ``None``); with ``align_zoo`` the members are first aligned to
+    member 0.
 
     Alignment runs on the zoo as loaded, before the task puts its new head on: when the task
     replaces the heads, the trunk's output features may be permuted too (the new head is
     learned on top of them). Weight matching needs no data; a structure-only build (weights
-    loaded afterwards) skips it.
+    loaded afterwards) skips alignment and repair.
     """
-    if not opts.align_zoo or ctx.structure_only:
-        return ctx.target_models()
+    o = _align_options(opts)
+    if o is None or ctx.structure_only:
+        return ctx.target_models(), None
     from zootune.align import align_zoo
 
+    batches = _target_batches(ctx, o) if (o.method == "activations" or o.repair) else None
     size = getattr(getattr(ctx.zoo, "preprocessing", None), "input_size", None)
-    example = torch.rand(2, *size, generator=torch.Generator().manual_seed(0)) if size else None
-    aligned = align_zoo(list(ctx.zoo), method="weights", example_input=example,
-                        permute_outputs=bool(ctx.task.replaces_heads), seed=ctx.cfg.train.seed)
-    return ctx.task.prepare_zoo(list(aligned), keep_source_heads=False)
+    if batches:
+        example = batches[0][ctx.task.input_field][:2]
+    else:
+        example = torch.rand(2, *size, generator=torch.Generator().manual_seed(0)) if size else None
+    data = [b[ctx.task.input_field] for b in batches] if batches else None
+    aligned = align_zoo(list(ctx.zoo), method=o.method, data=data, example_input=example,
+                        permute_outputs=bool(ctx.task.replaces_heads), seed=ctx.cfg.train.seed,
+                        max_batches=o.batches)
+    members = ctx.task.prepare_zoo(list(aligned), keep_source_heads=False)
+    repair = ("reset" if o.repair == "reset" else "repair", data) if o.repair else None
+    return members, (members, repair) if repair else None
 
 
-def _mark_aligned(zm: nn.Module, opts: AggregationOptions) -> nn.Module:
-    if opts.align_zoo:
-        zm.settings["align_zoo"] = {"method": "weights", "reference": 0}
+def _finish_alignment(zm: nn.Module, opts: AggregationOptions, pending: Any) -> nn.Module:
+    """Record ``align_zoo`` in the model's settings and apply the pending BatchNorm repair."""
+    o = _align_options(opts)
+    if o is None:
+        return zm
+    zm.settings["align_zoo"] = {"method": o.method, "reference": 0, "repair": o.repair}
+    if pending is not None:
+        from zootune.align import repair_batchnorm
+
+        members, (mode, data) = pending
+        repair_batchnorm(zm, members, data, mode=mode)
     return zm
 
 
@@ -153,10 +218,11 @@ class ZooTuning(Method):
 
         o = self.options
         torch.manual_seed(ctx.cfg.train.seed)  # gates and alignment start the same everywhere
-        zm = _mark_aligned(zootune.zoo_tune(
-            _source_models(o, ctx), **_zoo_tune_kwargs(o, ctx), align=o.align, lite=o.lite,
+        members, pending = _source_models(o, ctx)
+        zm = _finish_alignment(zootune.zoo_tune(
+            members, **_zoo_tune_kwargs(o, ctx), align=o.align, lite=o.lite,
             gate=o.gate, gate_init=o.gate_init, gate_hidden=o.gate_hidden,
-            te_momentum=o.te_momentum), o)
+            te_momentum=o.te_momentum), o, pending)
         if o.gate_noise > 0:
             set_gate_noise(zm, o.gate_noise)
             zm.settings["gate_noise"] = float(o.gate_noise)  # a record (training only)
@@ -185,7 +251,15 @@ class ZooTuning(Method):
         remedies = "".join(f", {k}={getattr(o, k)}"
                            for k in ("gate_hidden", "gate_noise", "gate_balance") if getattr(o, k))
         return (f"{self.name} ({'lite' if o.lite else 'per-sample'}, align={o.align}, gate={o.gate}"
-                f"{remedies}{', align_zoo' if o.align_zoo else ''})")
+                f"{remedies}{_align_text(o)})")
+
+
+def _align_text(o: AggregationOptions) -> str:
+    a = _align_options(o)
+    if a is None:
+        return ""
+    return ", align_zoo" + (f"={a.method}" if a.method != "weights" else "") + (
+        f"+{a.repair if isinstance(a.repair, str) else 'repair'}" if a.repair else "")
 
 
 def _gates_of(model: nn.Module) -> list[nn.Module]:
@@ -217,6 +291,7 @@ class AverageAggregation(Method):
         import zootune
 
         torch.manual_seed(ctx.cfg.train.seed)
-        zm = zootune.zoo_tune(_source_models(self.options, ctx), **_zoo_tune_kwargs(self.options, ctx),
+        members, pending = _source_models(self.options, ctx)
+        zm = zootune.zoo_tune(members, **_zoo_tune_kwargs(self.options, ctx),
                               align=False, lite=True, gate="normalized", gate_init="uniform")
-        return _mark_aligned(zm.freeze_gates(), self.options)
+        return _finish_alignment(zm.freeze_gates(), self.options, pending)
