@@ -381,6 +381,6 @@ def test_cli_grid_dry_run_and_errors(tmp_path, capsys):
 
     assert main(["rl", "grid", "grid_paper", "--out", str(tmp_path), "--dry-run"]) == 0
     out = capsys.readouterr().out
-    assert "77 runs" in out and "Alien zoo_tuning_lite seed 4" in out
+    assert "92 runs" in out and "Alien zoo_tuning_lite seed 4" in out and "Alien knowledge_flow seed 4" in out
     assert main(["rl", "tune", "Alien", "--method", "zoo_tuning", "--out", str(tmp_path / "x")]) == 2
     assert "needs source agents" in capsys.readouterr().err

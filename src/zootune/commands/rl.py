@@ -17,6 +17,7 @@ examples:
   zootune rl tune Alien --method zoo_tuning --sources runs/rl/src/Seaquest runs/rl/src/Riverraid \\
       --out runs/rl/Alien/zoo_tuning/seed0 --seed 0
   zootune rl tune Alien --method finetune --source Seaquest --sources A.safetensors B.safetensors
+  zootune rl tune Alien --method knowledge_flow --sources A.safetensors B.safetensors method.anneal=0.5
   zootune rl tune Alien --method scratch run.steps=2000 agent.learning_starts=200   # a smoke run
   zootune rl grid grid_cpu --out runs/rl_grid --max-runs 2               # resumable; run again to go on
   zootune rl eval runs/rl/Alien/zoo_tuning/seed0 Alien --episodes 10
@@ -53,7 +54,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                          epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     common(tu)
     tu.add_argument("--method", default="zoo_tuning",
-                    help="scratch | finetune | zoo_tuning | zoo_tuning_lite (knowledge_flow: planned)")
+                    help="scratch | finetune | zoo_tuning | zoo_tuning_lite | knowledge_flow")
     tu.add_argument("--sources", nargs="+", default=None, metavar="MODEL",
                     help="source agent files or run folders (from train-source)")
     tu.add_argument("--source", default=None, help="finetune: which source (index or game name)")
@@ -122,11 +123,6 @@ def _tune(args: argparse.Namespace) -> int:
         extra.append("method.sources=[" + ",".join(args.sources) + "]")
     if args.source is not None:
         extra.append(f"method.source={args.source}")
-    if args.method == "knowledge_flow":
-        from zootune.config import ConfigError
-
-        raise ConfigError("rl method 'knowledge_flow' is not available yet; valid: scratch, finetune, "
-                          "zoo_tuning, zoo_tuning_lite")
     cfg = _config(args, extra)
     name = cfg.method.name + (f"-{cfg.method.source}" if cfg.method.name == "finetune" else "")
     return _execute(cfg, args, f"runs/rl/{cfg.env.game}/{name}/seed{cfg.run.seed}")

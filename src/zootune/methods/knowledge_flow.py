@@ -30,6 +30,10 @@ student works alone. Our version, with every choice the two papers leave open:
 
 The training step counter ``t`` is a buffer of the extra modules, so a resumed run continues
 the schedule exactly.
+
+The mixing itself (:class:`~zootune.layers.knowledge_flow.FlowModules`, the forward hook, the
+schedule, the feature capture) lives in :mod:`zootune.layers.knowledge_flow`, shared with the RL
+version (``zootune rl tune GAME --method knowledge_flow``, :mod:`zootune.rl.knowledge_flow`).
 """
 
 from __future__ import annotations
@@ -41,6 +45,12 @@ import torch
 from pydantic import Field
 from torch import nn
 
+from zootune.layers.knowledge_flow import (
+    FeedHook,
+    FlowModules,
+    capture_features,
+    flow_beta,
+)
 from zootune.methods._sources import (
     Frozen,
     SourcesOptions,
@@ -61,45 +71,6 @@ def default_layers(model: nn.Module, head: str | None = None) -> list[str]:
         return top
     return [n for n, m in model.named_modules() if isinstance(m, _ACTIVATIONS)
             and not (head and (n == head or n.startswith(head + ".")))]
-
-
-def _identity_transform(x: torch.Tensor) -> nn.Module:
-    c = x.shape[1]
-    if x.dim() == 4:
-        q: nn.Module = nn.Conv2d(c, c, 1, bias=True)
-        nn.init.zeros_(q.bias)
-        with torch.no_grad():
-            q.weight.copy_(torch.eye(c).view(c, c, 1, 1))
-    elif x.dim() == 2:
-        q = nn.Linear(c, c)
-        nn.init.zeros_(q.bias)
-        with torch.no_grad():
-            q.weight.copy_(torch.eye(c))
-    else:
-        raise MethodError(f"knowledge_flow: features of shape {tuple(x.shape)} are not supported "
-                          "(4-D conv maps or 2-D vectors)")
-    return q
-
-
-class FlowModules(nn.Module):
-    """The learned transforms ``Q_i^l``, teacher weights ``w^l`` and the step counter."""
-
-    def __init__(self, layers: list[str], examples: dict[str, torch.Tensor], num_teachers: int) -> None:
-        super().__init__()
-        self.layers = list(layers)
-        self.transforms = nn.ModuleDict()
-        self.weights = nn.ParameterDict()
-        for name in layers:
-            key = name.replace(".", "__")
-            self.transforms[key] = nn.ModuleList(_identity_transform(examples[name])
-                                                 for _ in range(num_teachers))
-            self.weights[key] = nn.Parameter(torch.zeros(num_teachers))
-        self.register_buffer("step", torch.zeros((), dtype=torch.long))
-
-    def mix(self, name: str, feats: list[torch.Tensor]) -> torch.Tensor:
-        key = name.replace(".", "__")
-        pi = self.weights[key].softmax(0)
-        return sum(pi[i] * q(f) for i, (q, f) in enumerate(zip(self.transforms[key], feats)))
 
 
 @register("knowledge_flow")
@@ -139,9 +110,12 @@ class KnowledgeFlow(Method):
         self._feed: dict[str, list[torch.Tensor]] | None = None
         self._beta = 0.0
         examples = self._example_features(student, ctx)
-        self.flow = FlowModules(layers, examples, len(members))
+        try:
+            self.flow = FlowModules(layers, examples, len(members))
+        except ValueError as exc:
+            raise MethodError(str(exc)) from None
         for n in layers:
-            student.get_submodule(n).register_forward_hook(self._student_hook(n))
+            student.get_submodule(n).register_forward_hook(FeedHook(self, n))
         return student
 
     def _example_features(self, student: nn.Module, ctx: BuildContext) -> dict[str, torch.Tensor]:
@@ -157,31 +131,7 @@ class KnowledgeFlow(Method):
 
     def _capture(self, model: nn.Module, batch: dict[str, Any], task: Any,
                  train: bool | None = None) -> dict[str, torch.Tensor]:
-        feats: dict[str, torch.Tensor] = {}
-        hooks = []
-        for n in self.layers:
-            def grab(mod, inp, out, n=n):
-                feats.setdefault(n, out.detach().clone())
-            hooks.append(model.get_submodule(n).register_forward_hook(grab))
-        was = model.training
-        try:
-            if train is not None:
-                model.train(train)
-            with torch.no_grad():
-                task.forward(model, batch)
-        finally:
-            for h in hooks:
-                h.remove()
-            model.train(was)
-        return feats
-
-    def _student_hook(self, name: str):
-        def hook(mod, inp, out):
-            feed = self._feed
-            if feed is None or name not in feed:
-                return None
-            return (1.0 - self._beta) * out + self._beta * self.flow.mix(name, feed[name])
-        return hook
+        return capture_features(model, self.layers, lambda: task.forward(model, batch), train=train)
 
     def extra_modules(self, model: nn.Module) -> dict[str, nn.Module]:
         return {"knowledge_flow": self.flow}
@@ -189,7 +139,7 @@ class KnowledgeFlow(Method):
     def beta(self, step: int) -> float:
         """``beta0 * max(0, 1 - step / (anneal * steps))``."""
         o = self.options
-        return o.beta * max(0.0, 1.0 - step / (o.anneal * self.total_steps))
+        return flow_beta(step, o.beta, o.anneal, self.total_steps)
 
     def loss(self, model: nn.Module, batch: dict[str, Any], task: Any) -> tuple[torch.Tensor, Any]:
         step = int(self.flow.step)

@@ -16,7 +16,9 @@ Python API::
 Parts: :mod:`.config` (RLConfig), :mod:`.network` (DERNetwork), :mod:`.c51` (projection and
 loss), :mod:`.replay` (compact prioritized replay with n-step returns), :mod:`.envs` (Atari
 preprocessing, env state), :mod:`.agent` (methods: scratch, finetune, zoo_tuning,
-zoo_tuning_lite; model files), :mod:`.loop` (train_agent, evaluate_agent), :mod:`.grid`.
+zoo_tuning_lite, knowledge_flow; model files), :mod:`.knowledge_flow` (Knowledge Flow's online
+network, sharing the classification method's mixing code), :mod:`.loop` (train_agent,
+evaluate_agent), :mod:`.grid`.
 """
 
 from zootune.rl.agent import SourceError, build_online, load_agent, load_source

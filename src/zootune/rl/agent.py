@@ -1,16 +1,18 @@
 """Building the online network for a method, and reading/writing agent model files.
 
 Agent model files are in the library's one model format (:func:`zootune.save`): a plain DER
-network (``train-source``, ``scratch``, ``finetune``, exported ``zoo_tuning_lite``) or a
-ZooModel file (per-sample ``zoo_tuning``). Their metadata carries ``{"rl": {game, num_actions,
-agent, env, method}}`` so :func:`load_agent` rebuilds them without a template.
+network (``train-source``, ``scratch``, ``finetune``, exported ``zoo_tuning_lite``, the
+student of ``knowledge_flow``) or a ZooModel file (per-sample ``zoo_tuning``). Their metadata
+carries ``{"rl": {game, num_actions, agent, env, method}}`` so :func:`load_agent` rebuilds them
+without a template.
 
 Transfer (paper §4.1, A.1): only ``conv1`` and ``conv2`` come from the sources; the noisy
 dueling head is new. Every source is loaded into a DER network of its *own* action count (a
 source's head may differ from the target's), its two convs are copied into a copy of one fresh
 target network, and ``zoo_tuning`` aggregates those copies with
 ``zoo_tune(..., layers=["conv1", "conv2"])`` — whose ``rest="average"`` of identical fresh heads
-is that fresh head.
+is that fresh head. ``knowledge_flow`` (:mod:`zootune.rl.knowledge_flow`) keeps every source's
+two convs as a frozen teacher of a fresh student.
 """
 
 from __future__ import annotations
@@ -98,8 +100,9 @@ def _source_index(source: int | str, games: list[str]) -> int:
 
 
 def build_online(method: MethodConfig, num_actions: int, agent: AgentConfig, env: EnvConfig,
-                 seed: int) -> nn.Module:
-    """The network a method trains on ``num_actions`` (see the module docstring)."""
+                 seed: int, steps: int | None = None) -> nn.Module:
+    """The network a method trains on ``num_actions`` (see the module docstring); ``steps``
+    (the run's budget, default ``run.steps``'s default) times ``knowledge_flow``'s schedule."""
     torch.manual_seed(seed)
     fresh = DERNetwork(num_actions, agent, env.frame_stack, env.screen_size)
     if method.name == "scratch":
@@ -113,7 +116,10 @@ def build_online(method: MethodConfig, num_actions: int, agent: AgentConfig, env
         i = _source_index(method.source, games)
         return _with_convs(fresh, load_source(method.sources[i], agent, env))
     if len(method.sources) < 2:
-        raise SourceError(f"method {method.name!r} aggregates a zoo: give at least 2 sources, got 1")
+        what = "learns from a zoo of teachers" if method.name == "knowledge_flow" else "aggregates a zoo"
+        raise SourceError(f"method {method.name!r} {what}: give at least 2 sources, got 1")
+    if method.name == "knowledge_flow":
+        return _knowledge_flow(fresh, method, agent, env, games, steps)
     import zootune
 
     zoo = [_with_convs(fresh, load_source(p, agent, env)) for p in method.sources]
@@ -122,6 +128,19 @@ def build_online(method: MethodConfig, num_actions: int, agent: AgentConfig, env
                             lite=method.name == "zoo_tuning_lite", gate=method.gate,
                             gate_init=method.gate_init, kernel=method.kernel,
                             recompute=method.recompute)
+
+
+def _knowledge_flow(fresh: DERNetwork, method: MethodConfig, agent: AgentConfig, env: EnvConfig,
+                    games: list[str], steps: int | None) -> nn.Module:
+    from zootune.rl.config import RunConfig
+    from zootune.rl.knowledge_flow import KnowledgeFlowDER
+
+    teachers = [load_source(p, agent, env) for p in method.sources]
+    student = fresh
+    if method.student != "scratch":
+        student = _with_convs(fresh, teachers[_source_index(method.student, games)])
+    return KnowledgeFlowDER(student, teachers, list(method.layers), method.beta, method.anneal,
+                            steps if steps is not None else RunConfig().steps, env.screen_size)
 
 
 def _with_convs(fresh: DERNetwork, source: DERNetwork) -> DERNetwork:
@@ -140,10 +159,13 @@ def _with_convs(fresh: DERNetwork, source: DERNetwork) -> DERNetwork:
 
 
 def final_network(online: nn.Module) -> nn.Module:
-    """What a run saves as its model: lite Zoo-Tuning exported to a plain DER network (Eq. 5);
-    anything else as it is."""
+    """What a run saves as its model: lite Zoo-Tuning exported to a plain DER network (Eq. 5),
+    knowledge_flow's plain student; anything else as it is."""
     from zootune.convert import ZooModel
+    from zootune.rl.knowledge_flow import KnowledgeFlowDER
 
     if isinstance(online, ZooModel) and online.lite:
+        return online.export()
+    if isinstance(online, KnowledgeFlowDER):
         return online.export()
     return online

@@ -8,7 +8,7 @@ NeurIPS 2019) setting is a key with the DER default, so a config file only names
   ``FrameStackObservation`` over ALE ``v5`` environments);
 * ``agent``: the DER agent (network, C51, n-step, prioritized replay, optimiser, schedule);
 * ``method``: what the online network is built from (``scratch``, ``finetune``,
-  ``zoo_tuning``, ``zoo_tuning_lite``) and the source agents;
+  ``zoo_tuning``, ``zoo_tuning_lite``, ``knowledge_flow``) and the source agents;
 * ``run``: budget, seed, evaluation, logging, checkpoints, threads.
 
 Loading works as for supervised runs: a YAML file (a path or the name of a config shipped in
@@ -33,8 +33,8 @@ from zootune.config import (
     read_yaml,
 )
 
-#: The methods ``zootune rl tune --method`` accepts (``knowledge_flow`` is planned).
-RL_METHODS = ("scratch", "finetune", "zoo_tuning", "zoo_tuning_lite")
+#: The methods ``zootune rl tune --method`` accepts.
+RL_METHODS = ("scratch", "finetune", "zoo_tuning", "zoo_tuning_lite", "knowledge_flow")
 
 
 class EnvConfig(Section):
@@ -113,15 +113,19 @@ class MethodConfig(Section):
     * ``zoo_tuning``: the two convs of every source become AdaAgg layers (per-sample gates,
       channel alignment), the rest new (paper §4.1, A.1);
     * ``zoo_tuning_lite``: the same with lite gates; the final model is exported to a plain DER
-      network (Eq. 5).
+      network (Eq. 5);
+    * ``knowledge_flow``: a student DER network fed every source's features after ``layers``'
+      activations through learned 1x1 transforms, the dependence annealed to 0 (Liu et al.
+      2019; :mod:`zootune.rl.knowledge_flow`); the final model is the plain student.
 
     ``sources``: model files written by ``zootune rl train-source`` (any zootune model file of
     a DER network with the same conv shapes).
     """
 
-    name: Literal["scratch", "finetune", "zoo_tuning", "zoo_tuning_lite"] = "scratch"
+    name: Literal["scratch", "finetune", "zoo_tuning", "zoo_tuning_lite", "knowledge_flow"] = "scratch"
     sources: list[str] = Field(default_factory=list)
     source: int | str = 0
+    #: the layers the sources share: aggregated (zoo_tuning) or fed after their ReLU (knowledge_flow)
     layers: list[str] = Field(default_factory=lambda: ["conv1", "conv2"])
     align: bool | Literal["default"] = "default"
     gate: Literal["sigmoid", "normalized", "softmax"] = "normalized"
@@ -134,6 +138,12 @@ class MethodConfig(Section):
     #: recompute in backward instead of keeping (per-sample weights: B x |W|, 6.5 MB at batch 32
     #: here; ``stacked``: the m un-combined conv outputs, 2.6 MB)
     recompute: bool = False
+    #: knowledge_flow: ``scratch`` (Liu et al.'s RL setting) or the source whose convs the student starts from
+    student: int | str = "scratch"
+    #: knowledge_flow: the teachers' share of each fed layer at step 0 ...
+    beta: float = Field(default=0.5, ge=0.0, le=1.0)
+    #: ... falling linearly to exactly 0 at this fraction of run.steps (no teacher is run after)
+    anneal: float = Field(default=0.5, gt=0.0, le=1.0)
 
 
 class RunConfig(Section):

@@ -6,7 +6,7 @@ A grid config (YAML, e.g. ``zootune/configs/rl/grid_paper.yaml``)::
     overrides: [run.steps=100000]  # applied to every run
     sources: {Seaquest: [0], Riverraid: [0]}   # source games and their seeds (train-source)
     targets: [Alien, Gopher, Jamesbond]
-    methods: [scratch, finetune:Seaquest, finetune:Riverraid, zoo_tuning, zoo_tuning_lite]
+    methods: [scratch, finetune:Seaquest, finetune:Riverraid, knowledge_flow, zoo_tuning, zoo_tuning_lite]
     seeds: [0, 1, 2, 3, 4]
     workers: 2                     # runs at once, each with run.threads=1
 
@@ -46,7 +46,7 @@ class GridConfig(Section):
     source_seed: int = 0  # which seed of each source game the target runs transfer from
     targets: list[str] = Field(default_factory=lambda: ["Alien", "Gopher", "Jamesbond"])
     methods: list[str] = Field(default_factory=lambda: ["scratch", "finetune:Seaquest", "finetune:Riverraid",
-                                                        "zoo_tuning", "zoo_tuning_lite"])
+                                                        "knowledge_flow", "zoo_tuning", "zoo_tuning_lite"])
     seeds: list[int] = Field(default_factory=lambda: [0, 1, 2, 3, 4])
     workers: int = Field(default=2, ge=1)
 

@@ -17,7 +17,9 @@ clipped, a lost life cuts the n-step return), and after ``learning_starts`` step
 update: a prioritized batch, the n-step double-Q C51 target from the target network (fresh
 noise, no gate statistics either), the importance-weighted cross-entropy through
 :class:`zootune.train.OptimizerStep` (gradient-norm clip 10), new priorities; copy the online
-network to the target every ``target_update`` updates. Evaluation: ``eval_episodes`` episodes of
+network to the target every ``target_update`` updates. A network with a step schedule
+(``knowledge_flow``) is told the agent step before each act and each update (online and target
+alike), so both see the same teacher share at a given step. Evaluation: ``eval_episodes`` episodes of
 the greedy policy with noise off (eval mode), on a separate env, every ``eval_every`` steps and
 at the end. Checkpoints are atomic (:meth:`zootune.train.TrainState.save`), so a run killed at
 any moment (SIGKILL included) resumes from its last one with the same replay contents,
@@ -78,8 +80,13 @@ def _check_resume(cfg: RLConfig, out: Path) -> None:
     if not f.is_file():
         return
     import yaml
+    from pydantic import ValidationError
 
     old = yaml.safe_load(f.read_text()) or {}
+    try:  # a key added to the config since that run was started compares as its default
+        old = RLConfig.model_validate(old).model_dump(mode="json")
+    except ValidationError:
+        pass
     new = cfg.model_dump(mode="json")
     for section in ("env", "agent", "method"):
         if old.get(section) != new[section]:
@@ -137,10 +144,24 @@ def evaluate_agent(net: torch.nn.Module, cfg: RLConfig, episodes: int, seed: int
 
 
 def _gate_metrics(net: torch.nn.Module) -> dict[str, float]:
+    """Zoo-Tuning's gates (``gate/<layer>/<source>``) or knowledge_flow's teacher weights
+    (``flow_pi/<layer>/<source>``)."""
     fn = getattr(net, "gate_values", None)
-    if not callable(fn):
-        return {}
-    return {f"gate/{layer}/{i}": float(v) for layer, vals in fn().items() for i, v in enumerate(vals.tolist())}
+    if callable(fn):
+        return {f"gate/{layer}/{i}": float(v) for layer, vals in fn().items()
+                for i, v in enumerate(vals.tolist())}
+    fn = getattr(net, "teacher_weights", None)
+    if callable(fn):
+        return {f"flow_pi/{layer}/{i}": float(v) for layer, vals in fn().items() for i, v in enumerate(vals)}
+    return {}
+
+
+def set_step(step: int, *nets: torch.nn.Module) -> None:
+    """Tell networks with a step schedule (knowledge_flow's ``set_step``) the agent step."""
+    for n in nets:
+        fn = getattr(n, "set_step", None)
+        if callable(fn):
+            fn(step)
 
 
 def train_agent(cfg: RLConfig, out_dir: str | Path, *, label: str = "",
@@ -162,11 +183,12 @@ def train_agent(cfg: RLConfig, out_dir: str | Path, *, label: str = "",
 
     env = make_env(cfg.env)
     num_actions = int(env.action_space.n)
-    net = build_online(cfg.method, num_actions, a, cfg.env, run.seed).to(device).train()
+    net = build_online(cfg.method, num_actions, a, cfg.env, run.seed, steps=run.steps).to(device).train()
     target = copy.deepcopy(net).train()
     for p in target.parameters():
         p.requires_grad_(False)
-    opt = torch.optim.Adam(net.parameters(), lr=a.lr, eps=a.adam_eps)
+    trained = [p for p in net.parameters() if p.requires_grad]  # knowledge_flow's teachers are frozen
+    opt = torch.optim.Adam(trained, lr=a.lr, eps=a.adam_eps)
     replay = CompactReplay(a.replay_capacity, (cfg.env.screen_size, cfg.env.screen_size),
                            stack=cfg.env.frame_stack, n_step=a.n_step, discount=a.discount,
                            alpha=a.priority_alpha, eps=a.priority_eps, seed=run.seed)
@@ -190,7 +212,7 @@ def train_agent(cfg: RLConfig, out_dir: str | Path, *, label: str = "",
         replay.start_episode(obs[-1])
     ex = state.extras
     z = support(a.atoms, a.v_min, a.v_max, device)
-    step_fn = OptimizerStep(opt, grad_clip=a.grad_clip, parameters=list(net.parameters()))
+    step_fn = OptimizerStep(opt, grad_clip=a.grad_clip, parameters=trained)
     logger = RunLogger(out, tensorboard=run.tensorboard, resume_step=state.step or None)
     meta = agent_metadata(cfg.env.game, num_actions, a, cfg.env, cfg.method.name)
     losses: list[torch.Tensor] = []
@@ -222,6 +244,7 @@ def train_agent(cfg: RLConfig, out_dir: str | Path, *, label: str = "",
         while state.step < run.steps and not stop.requested:
             if state.step % a.update_every == 0:
                 reset_noise(net)
+            set_step(state.step, net)
             action = act(net, obs, z, device)
             obs, reward, term, trunc, info = env.step(action)
             lives = int(info.get("lives", 0))
@@ -246,6 +269,7 @@ def train_agent(cfg: RLConfig, out_dir: str | Path, *, label: str = "",
                 if t_learn is None:
                     t_learn = time.perf_counter()
                     t_learn_mark[0] = t_learn
+                set_step(state.step, net, target)
                 loss = learn(net, target, replay, cfg, z, beta_at(state.step, cfg), step_fn, device)
                 losses.append(loss)
                 ex["updates"] += 1
@@ -259,6 +283,8 @@ def train_agent(cfg: RLConfig, out_dir: str | Path, *, label: str = "",
                 if losses:
                     m["loss"] = float(torch.stack(losses).mean())
                     losses.clear()
+                if callable(getattr(net, "teacher_weights", None)):
+                    m["flow_beta"] = net.beta(state.step)
                 logger.log(state.step, "train", m)
             if run.eval_every and state.step % run.eval_every == 0 and state.step < run.steps:
                 run_eval()
@@ -285,6 +311,7 @@ def train_agent(cfg: RLConfig, out_dir: str | Path, *, label: str = "",
             "episodes": ex["episodes"], "updates": ex["updates"], "wall_s": ex["wall_s"],
             "steps_per_s_learning": learn_sps,
             "gates": {k: v.tolist() for k, v in net.gate_values().items()} if hasattr(net, "gate_values") else None,
+            "teacher_weights": net.teacher_weights() if hasattr(net, "teacher_weights") else None,
             "model": "model.safetensors"}
     atomic_write_text(res_file, json.dumps(info, indent=1))
     return AgentResult(out, state.step, True, list(ex["evaluations"]), info, final)
@@ -320,4 +347,4 @@ def beta_at(step: int, cfg: RLConfig) -> float:
     return a.priority_beta_start + (a.priority_beta_end - a.priority_beta_start) * frac
 
 
-__all__ = ["AgentResult", "act", "beta_at", "evaluate_agent", "learn", "train_agent"]
+__all__ = ["AgentResult", "act", "beta_at", "evaluate_agent", "learn", "set_step", "train_agent"]

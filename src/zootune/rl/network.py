@@ -1,8 +1,10 @@
 """The Data-Efficient Rainbow network (van Hasselt et al. 2019; the paper's appendix A.1).
 
-Two convolutions (``conv1``: 32 filters 5x5 stride 5; ``conv2``: 64 filters 5x5 stride 5), a
-flatten, then a dueling head of noisy linear layers (value and advantage streams, each
-``hidden`` -> output) producing a C51 distribution over ``atoms`` returns for every action.
+Two convolutions (``conv1``: 32 filters 5x5 stride 5; ``conv2``: 64 filters 5x5 stride 5), each
+followed by a ReLU module (``act1``, ``act2``: no parameters, there so that hooks can read or
+replace the activations), a flatten, then a dueling head of noisy linear layers (value and
+advantage streams, each ``hidden`` -> output) producing a C51 distribution over ``atoms``
+returns for every action.
 Only ``conv1`` and ``conv2`` are aggregated by Zoo-Tuning (``zoo_tune(..., layers=["conv1",
 "conv2"])``); the head is new on every target game.
 
@@ -58,7 +60,9 @@ class DERNetwork(nn.Module):
         self.atoms = int(cfg.atoms)
         self.dueling = bool(cfg.dueling)
         self.conv1 = nn.Conv2d(in_channels, c1, cfg.kernel_size, stride=cfg.stride)
+        self.act1 = nn.ReLU()
         self.conv2 = nn.Conv2d(c1, c2, cfg.kernel_size, stride=cfg.stride)
+        self.act2 = nn.ReLU()
         side = (screen_size - cfg.kernel_size) // cfg.stride + 1
         side = (side - cfg.kernel_size) // cfg.stride + 1
         if side < 1:
@@ -73,9 +77,11 @@ class DERNetwork(nn.Module):
 
     def features(self, obs: torch.Tensor) -> torch.Tensor:
         x = obs.float().div_(255.0) if obs.dtype == torch.uint8 else obs
-        x = F.relu(self.conv1(x))
-        x = F.relu(self.conv2(x))
-        return x.flatten(1)
+        return self.trunk(x).flatten(1)
+
+    def trunk(self, x: torch.Tensor) -> torch.Tensor:
+        """The two convolutions and their activations on a float input (B, stack, H, W)."""
+        return self.act2(self.conv2(self.act1(self.conv1(x))))
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
         h = self.features(obs)
