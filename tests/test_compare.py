@@ -195,3 +195,29 @@ def test_recount_costs_restores_the_measured_costs(tmp_path):
     table = json.loads((tmp_path / "results.json").read_text())
     row = next(r for r in table["summary"]["rows"] if r["label"] == "zoo_tuning")
     assert row["train_flops"] == true[zt]["train_flops"]
+
+
+def test_a_run_trained_by_another_process_is_waited_for_not_trained_twice(tmp_path):
+    import fcntl
+    import threading
+
+    from zootune.compare.runner import run_dir_name, train_run
+
+    spec = load_compare(raw=_raw(["scratch"], seeds=[0]))
+    cell = plan_cells(spec)[0]
+    run_dir = tmp_path / "runs" / run_dir_name(cell.cfg)
+    run_dir.mkdir(parents=True)
+    logs: list[str] = []
+    out: dict = {}
+    with open(run_dir / ".lock", "w") as held:  # another process is training this run
+        fcntl.flock(held, fcntl.LOCK_EX)
+        t = threading.Thread(target=lambda: out.setdefault("rec", train_run(
+            cell.cfg, run_dir, report=False, log=logs.append)))
+        t.start()
+        t.join(timeout=1.0)
+        assert t.is_alive() and any("another process" in m for m in logs)
+        (run_dir / "compare.json").write_text(json.dumps({"steps": 6, "metrics": {}, "marker": 1}))
+        fcntl.flock(held, fcntl.LOCK_UN)
+    t.join(timeout=60)
+    assert out["rec"]["marker"] == 1  # found finished by the other process: nothing retrained
+    assert not (run_dir / "checkpoints").exists()

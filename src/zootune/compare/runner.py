@@ -18,6 +18,7 @@ and resumes an unfinished run from its latest checkpoint (``train.checkpoint_eve
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import json
@@ -194,6 +195,36 @@ def train_run(cfg: Config, run_dir: Path, *, stage_dirs: dict[str, Path] | None 
               log: Callable[[str], None] = print) -> dict[str, Any] | None:
     """Train ``cfg`` into ``run_dir`` (resuming it) unless finished; its record, or ``None``
     when interrupted. ``stage_dirs``: finished earlier stages to link in."""
+    done = _finished(run_dir)
+    if done is not None:
+        return done
+    with _run_lock(run_dir, log):
+        return _train_run_locked(cfg, run_dir, stage_dirs=stage_dirs, report=report, loaded=loaded,
+                                 log=log)
+
+
+@contextlib.contextmanager
+def _run_lock(run_dir: Path, log: Callable[[str], None]):
+    """Hold an exclusive lock on ``run_dir`` (two comparisons sharing a folder never train the
+    same run at once: the second waits, then finds the run finished)."""
+    import fcntl
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with open(run_dir / ".lock", "w") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log(f"{run_dir.name}: another process is training it; waiting")
+            fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _train_run_locked(cfg: Config, run_dir: Path, *, stage_dirs: dict[str, Path] | None,
+                      report: bool, loaded: _Loaded | None,
+                      log: Callable[[str], None]) -> dict[str, Any] | None:
     from zootune.methods import build_method
     from zootune.train import run_config
 
