@@ -221,3 +221,22 @@ def test_a_run_trained_by_another_process_is_waited_for_not_trained_twice(tmp_pa
     t.join(timeout=60)
     assert out["rec"]["marker"] == 1  # found finished by the other process: nothing retrained
     assert not (run_dir / "checkpoints").exists()
+
+
+def test_per_batch_work_is_shared_by_the_samples_of_a_training_batch():
+    from zootune.compare import measure_costs
+    from zootune.train import build_run
+
+    cfg = load_compare(raw=_raw(["zoo_tuning"], seeds=[0])).base
+    zt = build_run(plan_cells(load_compare(raw=_raw(["zoo_tuning"], seeds=[0])))[0].cfg)
+    ft = build_run(plan_cells(load_compare(raw=_raw(["scratch"], seeds=[0])))[0].cfg)
+    assert cfg["train"]["batch_size"] >= 4
+    # plain model: per-sample cost does not depend on the batch
+    assert measure_costs(ft, n=2)["train_flops"] == pytest.approx(measure_costs(ft, n=4)["train_flops"])
+    # Zoo-Tuning: the alignment T_i W_i is computed once per batch, so per sample it shrinks as
+    # 1/B: cost(B) = a + b / B, and the default batch is the run's train.batch_size
+    c2, c4 = (measure_costs(zt, n=k)["train_flops"] for k in (2, 4))
+    b = (c2 - c4) / (1 / 2 - 1 / 4)
+    assert b > 0
+    B = zt.cfg.train.batch_size
+    assert measure_costs(zt)["train_flops"] == pytest.approx(c4 - b / 4 + b / B, rel=1e-6)

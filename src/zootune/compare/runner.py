@@ -99,9 +99,12 @@ def _teacher_params(method: Any) -> int:
     return n
 
 
-def measure_costs(run: Any, n: int = 2) -> dict[str, Any]:
+def measure_costs(run: Any, n: int | None = None) -> dict[str, Any]:
     """Per-sample costs of a built run (before training), counted by
-    :func:`zootune.report.count_flops` (2 FLOPs per multiply-add):
+    :func:`zootune.report.count_flops` (2 FLOPs per multiply-add) on a batch of ``n`` training
+    samples (default: the run's ``train.batch_size``, so that per-batch work such as Zoo-Tuning's
+    channel alignment ``T_i W_i``, computed once per step, is shared by the samples of one real
+    step, as in training):
 
     * ``train_flops``: one training step's forward as the method computes it (its loss: the
       model, plus teachers and extra modules where the method uses them); for Knowledge Flow
@@ -115,6 +118,7 @@ def measure_costs(run: Any, n: int = 2) -> dict[str, Any]:
 
     model, task, method = run.model, run.task, run.method
     ds = run.data.train
+    n = int(n or run.cfg.train.batch_size)
     batch = collate_samples([ds[i] for i in range(min(n, len(ds)))] * (2 if len(ds) < 2 else 1))
     device = next(model.parameters()).device
     batch = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in batch.items()}
