@@ -221,11 +221,12 @@ def format_tables(res: dict[str, Any], seeds: list[int], wall: float, command: s
         n = len(res[t]["finished"])
         L.append(f"- `{t}`: {desc} ({n} of {n + len(res[t]['to_run'])} cells finished)")
     L += ["", "## Table 1: every method, accuracy and measured cost", "",
-          ("Costs measured on `mixture` with torch's FLOP counter: training GFLOPs of one step's forward "
-          "per sample (teachers, fine-tuned sources and extra modules included; fine-tuning stages "
-          "counted in `train` of methods that need them is *not* included here), inference GFLOPs per "
-          "sample, parameters at training / inference, mean wall time of a cell on one thread "
-          "(earlier stages included)."), "",
+          ("Costs measured on `mixture` with torch's FLOP counter (2 FLOPs per multiply-add; the "
+           "paper's GFLOPs are multiply-adds) on a batch of the training size: training GFLOPs of one "
+           "step's forward per sample, summed over the method's stages (teachers, extra modules and the "
+           "fine-tuning of the sources it needs included), inference GFLOPs per sample, parameters at "
+           "training / inference, mean wall time of a cell on one thread (earlier stages included; "
+           "shared fine-tuned sources counted for every method that uses them)."), "",
           "| method | " + " | ".join(targets) + " | train GFLOPs | train params | infer GFLOPs | infer params | wall s |",
           "|---|" + "---|" * (len(targets) + 5)]
     labels = [r["label"] for r in mix["rows"]]
