@@ -185,6 +185,7 @@ def collect(seeds: list[int]) -> dict[str, Any]:
         scores["best single"] = scores.pop("finetune (best on validation)", {})
         for k in (2, 3, 4):
             scores[f"best single of {k}"] = _best_single(cells, ORDER[:k], seeds)
+        scores["best single of 4r"] = _best_single(cells, ["base", "script", "dense", "keypoints"], seeds)
         out[t] = {"summary": summary, "scores": scores, "data": spec.base.get("data"),
                   "finished": [c.id for c in plan if c.id in cells],
                   "to_run": [c.id for c in plan if c.id not in cells],
@@ -284,7 +285,9 @@ def format_tables(res: dict[str, Any], seeds: list[int], wall: float, command: s
           "0.05; `reversed`: the opposite order with p < 0.05; `level`: no difference we can tell "
           "apart with these seeds."), "",
           "| ordering (paper) | where | " + " | ".join(targets) + " |", "|---|---|" + "---|" * len(targets)]
-    claims = CLAIMS + [("average_aggregation aligned", "average_aggregation", "issue 14: alignment helps"),
+    claims = CLAIMS + [("zoo_tuning w/o contrastive", "zoo_tuning", "diagnosis: the unrelated member hurts"),
+                       ("zoo_tuning w/o contrastive", "best single of 4r", "diagnosis: the related four vs their best"),
+                       ("average_aggregation aligned", "average_aggregation", "issue 14: alignment helps"),
                        ("zoo_tuning aligned", "zoo_tuning", "issue 14: alignment helps"),
                        ("zoo_tuning lite aligned", "zoo_tuning lite", "issue 14: alignment helps")]
     res["claims"] = {}
