@@ -41,16 +41,7 @@ PAIRS = (("zoo_tuning", "finetune_best"), ("zoo_tuning_lite", "finetune_best"),
          ("exported_lite", "zoo_tuning_lite"))
 
 
-NOTES_MARK = "<!-- notes: hand-written analysis below is kept when the tables are rewritten -->"
-
-
-def keep_notes(path: Path, text: str) -> str:
-    """``text`` followed by the hand-written notes of the existing ``path`` (after NOTES_MARK)."""
-    if path.is_file():
-        old = path.read_text()
-        if NOTES_MARK in old:
-            return text.rstrip("\n") + "\n\n" + NOTES_MARK + old.split(NOTES_MARK, 1)[1]
-    return text
+from common import NOTES_MARK, keep_notes  # noqa: F401  (keep_notes also serves co_tuning, gate_defaults)
 
 
 def _atomic_write(path: Path, text: str) -> None:

@@ -67,6 +67,20 @@ class TransformedDataset(Dataset):
         return sample
 
 
+class TensorImages:
+    """Images (N, C, H, W) + integer labels as a map-style data set with ``targets``."""
+
+    def __init__(self, images: torch.Tensor, targets: Any) -> None:
+        self.images = images
+        self.targets = np.asarray(targets, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        return self.images[i], int(self.targets[i])
+
+
 @dataclass
 class DataSplits:
     """Train / validation / test sets of one target task."""

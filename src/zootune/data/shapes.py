@@ -54,6 +54,7 @@ import torch
 import torch.nn.functional as F
 
 from zootune.data.base import (
+    TensorImages,
     DataError,
     DataSplits,
     TransformedDataset,
@@ -67,7 +68,6 @@ __all__ = [
     "SHAPES_POOL_SEED",
     "SHAPE_CLASSES",
     "AugmentedShapes",
-    "ShapeImages",
     "ShapePool",
     "build_shapes",
     "shape_pool",
@@ -338,21 +338,7 @@ def shape_pool(per_class: int = SHAPES_PER_CLASS, size: int = DEFAULT_SIZE,
     return ShapePool([_class_part(c, int(per_class), int(size)) for c in names], names)
 
 
-class ShapeImages:
-    """Images (N, C, H, W) + integer labels as a map-style data set with ``targets``."""
-
-    def __init__(self, images: torch.Tensor, targets: Any) -> None:
-        self.images = images
-        self.targets = np.asarray(targets, dtype=np.int64)
-
-    def __len__(self) -> int:
-        return len(self.targets)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        return self.images[i], int(self.targets[i])
-
-
-class AugmentedShapes(ShapeImages):
+class AugmentedShapes(TensorImages):
     """Training shapes with ``copies`` pre-drawn jittered versions of each (batched, fast).
 
     As :class:`zootune.demo.data.AugmentedImages` (same keys: a plain index is the original, the
@@ -416,7 +402,7 @@ def shape_splits(labels_per_class: int | None = None, seed: int = 0, *,
         train_idx = take_per_class(train_idx, pool.targets, labels_per_class, seed)
     pre = dict(preprocessing or {"size": size, "channels": 1, "mean": None, "std": None})
     finish = _finisher(pre)
-    sub = lambda idx: ShapeImages(finish(pool.images[torch.as_tensor(idx)]), pool.targets[idx])
+    sub = lambda idx: TensorImages(finish(pool.images[torch.as_tensor(idx)]), pool.targets[idx])
     train = (AugmentedShapes(pool, train_idx, finish, seed=seed) if augment
              else TransformedDataset(sub(train_idx)))
     return DataSplits(

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from zootune.data import DataError, DataSplits, TransformedDataset, register_dataset
-from zootune.data.base import stratified_split, take_per_class
+from zootune.data.base import TensorImages, stratified_split, take_per_class
 from zootune.data.glyphs import GREEK_HELD_APART, SCRIPTS, Augment, distinct_chars, render_glyphs
 from zootune.demo.model import RESOLUTION
 
@@ -88,19 +88,6 @@ class AugmentedImages:
             return self.copies[i, seed % self.copies.shape[1]], int(self.targets[i])
         return self.images[int(key)], int(self.targets[int(key)])
 
-
-class TensorImages:
-    """Images (N, C, H, W) + integer labels as a map-style data set with ``targets``."""
-
-    def __init__(self, images: torch.Tensor, targets: Any) -> None:
-        self.images = images
-        self.targets = np.asarray(targets, dtype=np.int64)
-
-    def __len__(self) -> int:
-        return len(self.targets)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        return self.images[i], int(self.targets[i])
 
 
 def glyph_splits(spec: str, n_train: int, n_eval: int = 20, *, seed: int = 0,
