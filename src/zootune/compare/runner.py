@@ -18,7 +18,6 @@ and resumes an unfinished run from its latest checkpoint (``train.checkpoint_eve
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import hashlib
 import json
@@ -33,7 +32,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from zootune.atomic import atomic_write_text
+from zootune.atomic import atomic_write_text, exclusive_lock
 from zootune.compare.spec import CompareSpec, plan_cells
 from zootune.config import Config
 
@@ -207,23 +206,12 @@ def train_run(cfg: Config, run_dir: Path, *, stage_dirs: dict[str, Path] | None 
                                  log=log)
 
 
-@contextlib.contextmanager
 def _run_lock(run_dir: Path, log: Callable[[str], None]):
-    """Hold an exclusive lock on ``run_dir`` (two comparisons sharing a folder never train the
-    same run at once: the second waits, then finds the run finished)."""
-    import fcntl
-
+    """An exclusive lock on ``run_dir`` (two comparisons sharing a folder never train the same
+    run at once: the second waits, then finds the run finished)."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    with open(run_dir / ".lock", "w") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            log(f"{run_dir.name}: another process is training it; waiting")
-            fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    return exclusive_lock(run_dir / ".lock",
+                          on_wait=lambda: log(f"{run_dir.name}: another process is training it; waiting"))
 
 
 def _train_run_locked(cfg: Config, run_dir: Path, *, stage_dirs: dict[str, Path] | None,
