@@ -30,6 +30,8 @@ RESULTS = HERE / "results"
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tables", action="store_true", help="only rewrite the results")
+    ap.add_argument("--recount-costs", action="store_true",
+                    help="measure the finished cells' costs again (zootune compare --recount-costs)")
     a = ap.parse_args(argv)
     import torch
 
@@ -41,7 +43,11 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.time()
     spec = load_compare(CONFIG)
     interrupted = False
-    if not a.tables:
+    if a.recount_costs:
+        from zootune.compare.runner import recount_costs
+
+        print(f"costs of {recount_costs(spec, CACHE)} cells measured again")
+    elif not a.tables:
         interrupted = bool(run_compare(spec, CACHE)["interrupted"])
     cells = json.loads((CACHE / "cells.json").read_text()) if (CACHE / "cells.json").is_file() else {}
     plan = plan_cells(spec)

@@ -368,6 +368,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--targets", nargs="+", default=list(TARGETS), choices=list(TARGETS))
     ap.add_argument("--only", nargs="+", default=None, help="entry labels to run now")
     ap.add_argument("--tables", action="store_true", help="only rewrite the results")
+    ap.add_argument("--recount-costs", action="store_true",
+                    help="measure the finished cells' costs again (zootune compare --recount-costs)")
     a = ap.parse_args(argv)
     import torch
 
@@ -378,7 +380,13 @@ def main(argv: list[str] | None = None) -> int:
     command = "python benchmarks/paper_tables.py " + " ".join(sys.argv[1:] if argv is None else argv)
     t0 = time.time()
     interrupted = False
-    if not a.tables:
+    if a.recount_costs:
+        from zootune.compare.runner import recount_costs
+
+        for t in a.targets:
+            n = recount_costs(target_spec(t, a.seeds), CACHE / t)
+            print(f"{t}: costs of {n} cells measured again")
+    elif not a.tables:
         for s in a.seeds:
             for t in a.targets:
                 one = target_spec(t, [s])
