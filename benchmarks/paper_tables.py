@@ -134,7 +134,7 @@ def _best_single(cells: dict[str, Any], members: list[str], seeds: list[int]) ->
     out = {}
     for s in seeds:
         cands = [(c["metrics"]["val"]["accuracy"], c["metrics"]["test"]["accuracy"])
-                 for c in cells.values() if c.get("entry") == "finetune" and c.get("seed") == s
+                 for c in cells.values() if c.get("method") == "finetune" and c.get("seed") == s
                  and c.get("source") in members]
         if len(cands) == len(members):
             out[s] = max(cands)[1]
