@@ -320,10 +320,13 @@ def format_tables(res: dict[str, Any], seeds: list[int], wall: float, command: s
         L.append(f"| {a} > {b} | {where} | " + " | ".join(row) + " |")
 
     L += ["", "## Do the gates route? (per-sample runs, test split)", "",
-          ("Spread: mean over layers of the std of a source's gate across test inputs (relative: over its "
-          "mean). MI: mutual information (nats) between the argmax source of a layer's gates and the "
-          "sub-domain label (`mixture` only: digit vs Greek), with the same statistic for shuffled labels "
-          "(chance). Domain gap: the largest difference of a source's mean gate between sub-domains."), "",
+          ("Spread: mean over layers and sources of the std of a source's gate across test inputs "
+           "(relative: over its mean gate). MI: mutual information (bits) between the sub-domain label "
+           "(`mixture` only: digit vs Greek; at most 1 bit) and the arg-max source of a layer's gates, "
+           "averaged over layers, beside the same statistic with shuffled labels (chance). Domain gap: "
+           "the largest total-variation distance between the two sub-domains' mean gates "
+           "(`zootune.compare.routing`). Gate remedies (noise, balance, wider gates, gate learning "
+           "rate): `gate_remedies.md`."), "",
           "| target | run | spread | relative spread | MI argmax (chance) | domain gap |", "|---|---|---|---|---|---|"]
     for t in targets:
         for r in res[t]["summary"]["rows"]:
