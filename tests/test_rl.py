@@ -14,6 +14,8 @@ pytest.importorskip("torchrl")
 pytest.importorskip("ale_py")
 pytest.importorskip("cv2")
 
+from rl_utils import SMOKE, kill_mid_run
+
 import zootune
 from zootune.config import ConfigError
 from zootune.errors import CheckpointError, ZootuneError
@@ -272,9 +274,6 @@ def test_env_state_roundtrip():
 
 # ---- real runs on ALE (slow) ---------------------------------------------------------------------
 
-SMOKE = ["run.steps=200", "agent.learning_starts=100", "agent.target_update=50", "run.eval_every=0",
-         "run.eval_episodes=1", "env.max_episode_frames=2000", "run.log_every=50",
-         "run.checkpoint_every=100", "run.tensorboard=false", "agent.replay_capacity=1000"]
 
 
 @pytest.mark.slow
@@ -330,27 +329,12 @@ def test_acting_and_targets_do_not_feed_gate_statistics(tmp_path):
 
 @pytest.mark.slow
 def test_sigkill_resume_equals_uninterrupted_run(tmp_path):
-    import os
-    import signal
-    import subprocess
-    import sys
-    import time
-
     from zootune.train.checkpoint import read_state
 
     ov = SMOKE + ["run.steps=300", "run.checkpoint_every=100", "env.game=Alien"]
     full = train_agent(load_rl_config("der", ov), tmp_path / "full")
     assert full.finished
-    cmd = [sys.executable, "-m", "zootune", "rl", "run", "der", "--out", str(tmp_path / "killed"), "--quiet", *ov]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(cmd, env=env)
-    latest = tmp_path / "killed" / "checkpoints" / "latest.json"
-    deadline = time.time() + 120
-    while not latest.is_file() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert json.loads(latest.read_text())["step"] < 300  # killed mid-run
+    assert kill_mid_run(ov, tmp_path / "killed", timeout=120) < 300  # killed mid-run
     assert not (tmp_path / "killed" / "result.json").exists()
     resumed = train_agent(load_rl_config("der", ov), tmp_path / "killed")
     assert resumed.finished

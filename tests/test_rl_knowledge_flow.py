@@ -14,6 +14,8 @@ pytest.importorskip("torchrl")
 pytest.importorskip("ale_py")
 pytest.importorskip("cv2")
 
+from rl_utils import SMOKE, kill_mid_run
+
 import zootune
 from zootune.config import ConfigError
 from zootune.errors import ZootuneError
@@ -27,10 +29,6 @@ from zootune.rl import (
 )
 from zootune.rl.agent import SourceError, agent_metadata
 from zootune.rl.knowledge_flow import KnowledgeFlowDER
-
-SMOKE = ["run.steps=200", "agent.learning_starts=100", "agent.target_update=50", "run.eval_every=0",
-         "run.eval_episodes=1", "env.max_episode_frames=2000", "run.log_every=50",
-         "run.checkpoint_every=100", "run.tensorboard=false", "agent.replay_capacity=1000"]
 
 
 def _save(tmp_path, name, net, actions):
@@ -239,12 +237,6 @@ def test_smoke_200_steps_cli_saves_a_plain_der_network(tmp_path, monkeypatch, ca
 
 @pytest.mark.slow
 def test_sigkill_resume_equals_uninterrupted_run(tmp_path):
-    import os
-    import signal
-    import subprocess
-    import sys
-    import time
-
     from safetensors.torch import load_file
 
     from zootune.rl import train_agent
@@ -256,15 +248,7 @@ def test_sigkill_resume_equals_uninterrupted_run(tmp_path):
                   f"method.sources=[{srcs[0]},{srcs[1]}]"]
     full = train_agent(load_rl_config("der", ov), tmp_path / "full")
     assert full.finished
-    cmd = [sys.executable, "-m", "zootune", "rl", "run", "der", "--out", str(tmp_path / "killed"), "--quiet", *ov]
-    proc = subprocess.Popen(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    latest = tmp_path / "killed" / "checkpoints" / "latest.json"
-    deadline = time.time() + 180
-    while not latest.is_file() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert json.loads(latest.read_text())["step"] < 300  # killed mid-run
+    assert kill_mid_run(ov, tmp_path / "killed", timeout=180) < 300  # killed mid-run
     resumed = train_agent(load_rl_config("der", ov), tmp_path / "killed")
     assert resumed.finished
     ca, cb = (tmp_path / r / "checkpoints" / "step_00000300" for r in ("full", "killed"))
