@@ -3,24 +3,19 @@ denoising data and the ``dense_regression`` task."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from trainer_utils import load_script
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
 def pz():
-    spec = importlib.util.spec_from_file_location("paper_zoo", ROOT / "benchmarks" / "paper_zoo.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["paper_zoo"] = mod
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("benchmarks/paper_zoo.py")
 
 
 @pytest.mark.slow  # renders every script's bitmaps once (~10 s on a shared CPU)

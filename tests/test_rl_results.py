@@ -4,14 +4,13 @@ numbers checked against a naive computation, a partial grid's missing runs liste
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from trainer_utils import load_script
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -47,11 +46,7 @@ GATES = {0: {"conv1": [0.7, 0.3], "conv2": [0.4, 0.6]}, 1: {"conv1": [0.5, 0.5],
 
 @pytest.fixture(scope="module")
 def rr():
-    spec = importlib.util.spec_from_file_location("rl_results", ROOT / "benchmarks" / "rl_results.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["rl_results"] = mod
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("benchmarks/rl_results.py")
 
 
 def _write_run(folder: Path, cfg, *, episodes, evals, finished: bool, gates=None, upto: int | None = None):

@@ -207,14 +207,10 @@ def test_best_file_holds_the_final_weights_when_the_last_step_is_best(tmp_path):
 def test_custom_loop_example_runs_and_resumes(tmp_path):
     """examples/custom_loop.py (the documented use of the parts) runs, and a run stopped
     half-way and continued ends with the weights of an uninterrupted one."""
-    import importlib.util
-
     import zootune
-    from trainer_utils import REPO
+    from trainer_utils import load_script
 
-    spec = importlib.util.spec_from_file_location("custom_loop", REPO / "examples" / "custom_loop.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_script("examples/custom_loop.py")
     assert mod.main([str(tmp_path / "a"), "--steps", "20", "--checkpoint-every", "5"]) == 0
     assert mod.main([str(tmp_path / "b"), "--steps", "10", "--checkpoint-every", "5"]) == 0
     assert mod.main([str(tmp_path / "b"), "--steps", "20", "--checkpoint-every", "5"]) == 0

@@ -82,3 +82,16 @@ def zootune_cmd(*args: str) -> list[str]:
 def run_cli(*args: str, timeout: float = 120, cwd: Path | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(zootune_cmd(*args), capture_output=True, text=True, timeout=timeout,
                           env=subprocess_env(), cwd=cwd)
+
+
+def load_script(relative_path: str) -> Any:
+    """Import a script of the repository (``benchmarks/paper_zoo.py``, ``examples/...``) as a
+    module named after its file, registered in ``sys.modules`` (dataclasses need that)."""
+    import importlib.util
+
+    path = REPO / relative_path
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[path.stem] = mod
+    spec.loader.exec_module(mod)
+    return mod
