@@ -72,7 +72,6 @@ class Ensemble(Method):
             models = member_models(ctx, members)
         else:
             models = finetuned_models(ctx, members)
-        # nothing is trained in this stage, and the ensemble has no single task head (each
-        # member's head was trained in its own stage): no head parameter group
-        ctx.task.head_name = None
+        # nothing is trained in this stage; the ensemble has no single task head (each member's
+        # head was trained in its own stage), which train.optim.param_groups tolerates
         return EnsembleModel(models, self.options.average)

@@ -26,8 +26,11 @@ def param_groups(model: nn.Module, optim_cfg: Any, head: str | None) -> list[dic
                                     head=heads, head_lr=head_lr, weight_decay=wd)
     else:
         head_ids: set[int] = set()
-        if head:
-            head_ids = {id(p) for p in model.get_submodule(head).parameters()}
+        if head:  # a model without that module (an ensemble of members with their own heads)
+            try:  # has no head group: everything trains at the body's rate
+                head_ids = {id(p) for p in model.get_submodule(head).parameters()}
+            except AttributeError:
+                head_ids = set()
         body = [p for p in model.parameters() if id(p) not in head_ids]
         hp = [p for p in model.parameters() if id(p) in head_ids]
         groups = [{"name": "source", "params": body, "lr": lr, "weight_decay": wd},
