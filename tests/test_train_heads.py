@@ -78,3 +78,22 @@ def test_param_groups_give_head_and_gates_their_own_lr():
     plain = small_cnn(widths=(4, 8))
     g2 = {g["name"]: g for g in param_groups(plain, cfg.optim, "fc")}
     assert g2["head"]["lr"] == 0.1 and len(g2["head"]["params"]) == 2
+
+
+def test_param_groups_without_the_heads_module_put_everything_in_the_body_group():
+    from types import SimpleNamespace
+
+    from torch import nn
+
+    from zootune.train.optim import param_groups
+
+    cfg = SimpleNamespace(lr=0.1, head_lr=1.0, weight_decay=0.0, gate_lr=None, align_lr=None)
+    with_head = nn.Sequential()
+    with_head.add_module("body", nn.Linear(3, 3))
+    with_head.add_module("fc", nn.Linear(3, 2))
+    groups = {g["name"]: g for g in param_groups(with_head, cfg, "fc")}
+    assert groups["head"]["lr"] == 1.0 and len(groups["head"]["params"]) == 2
+    members = nn.ModuleList([nn.Linear(3, 2), nn.Linear(3, 2)])  # an ensemble: heads inside members
+    groups = param_groups(members, cfg, "fc")
+    assert [g["name"] for g in groups] == ["source"]
+    assert len(groups[0]["params"]) == 4 and groups[0]["lr"] == 0.1
