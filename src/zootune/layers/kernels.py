@@ -33,8 +33,8 @@ would otherwise add to a training step.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-
 
 import torch
 import torch.nn.functional as F
@@ -410,6 +410,22 @@ class StackedPerSample(torch.autograd.Function):
 _CHOICES: dict[tuple, str] = {}
 
 
+def _best_time(step: Callable[[], None], x: torch.Tensor, repeats: int) -> float:
+    """Best-of-``repeats`` seconds of ``step()`` after one warm-up call (allocator, backend
+    kernel selection), synchronising the device of ``x`` around each timed call."""
+    step()
+    if x.is_cuda:
+        torch.cuda.synchronize(x.device)
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        step()
+        if x.is_cuda:
+            torch.cuda.synchronize(x.device)
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
 def _time_kernel(
     kernel: Kernel, x: torch.Tensor, w: torch.Tensor, training: bool, need_x: bool, repeats: int = 3
 ) -> float:
@@ -421,17 +437,7 @@ def _time_kernel(
         if training:
             kernel.backward(x, w, gy, need_x, True)
 
-    step()  # warm-up (allocator, backend kernel selection)
-    if x.is_cuda:
-        torch.cuda.synchronize(x.device)
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        step()
-        if x.is_cuda:
-            torch.cuda.synchronize(x.device)
-        best = min(best, time.perf_counter() - t0)
-    return best
+    return _best_time(step, x, repeats)
 
 
 #: Below this many multiply-adds per forward, ``auto`` does not time the per-sample kernels
@@ -484,17 +490,7 @@ def _time_op(
             with torch.no_grad():
                 per_sample(x, a, w, kernel, recompute)
 
-    step()  # warm-up (allocator, backend kernel selection)
-    if x.is_cuda:
-        torch.cuda.synchronize(x.device)
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        step()
-        if x.is_cuda:
-            torch.cuda.synchronize(x.device)
-        best = min(best, time.perf_counter() - t0)
-    return best
+    return _best_time(step, x, repeats)
 
 
 def choose_conv_kernel(
