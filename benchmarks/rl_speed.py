@@ -13,7 +13,8 @@ their weights). Writes ``benchmarks/results/rl_speed.json`` and ``.md``.
     python benchmarks/rl_speed.py --kernels stacked,unfold,grouped   # per-sample kernels side by side
 
 ``--kernels``: the per-sample conv kernels timed for ``zoo_tuning`` (each its own agent, all in the
-same interleaved rounds; the first is the headline row); ``--recompute`` as ``method.recompute``.
+same interleaved rounds; the first is the headline row; ``default`` is the config's per-layer
+choice, ``method.kernel`` in ``configs/rl/der.yaml``); ``--recompute`` as ``method.recompute``.
 """
 
 from __future__ import annotations
@@ -74,7 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--steps", type=int, default=100, help="agent steps per method per round")
-    p.add_argument("--kernels", default="stacked,unfold", help="comma list of per-sample kernels")
+    p.add_argument("--kernels", default="default,stacked,unfold",
+                   help="comma list of per-sample kernels; 'default': the config's per-layer choice")
     p.add_argument("--recompute", choices=("true", "false"), default="false")
     p.add_argument("--out", default=str(Path(__file__).parent / "results" / "rl_speed"))
     args = p.parse_args(argv)
@@ -100,9 +102,10 @@ def main(argv: list[str] | None = None) -> int:
                  for i, k in enumerate(kernels)})
     rows["zoo_tuning_lite"] = ("zoo_tuning_lite", kernels[0])
     for row, (m, kern) in rows.items():
-        cfg = build_rl_config({"env": {"game": "Alien"}, "method": {
-            "name": m, "sources": srcs if m != "scratch" else [], "kernel": kern,
-            "recompute": recompute}})
+        method = {"name": m, "sources": srcs if m != "scratch" else [], "recompute": recompute}
+        if kern != "default":
+            method["kernel"] = kern
+        cfg = build_rl_config({"env": {"game": "Alien"}, "method": method})
         net = build_online(cfg.method, 18, cfg.agent, cfg.env, 0).train()
         import copy
 
@@ -137,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     out.with_suffix(".json").write_text(json.dumps(res, indent=1))
     lines = ["| method | agent steps/s | step time vs DER | est. 100k run (h) |", "|---|---|---|---|"]
     for m in rows:
-        label = "DER" if m == "scratch" else f"zoo_tuning ({kernels[0]})" if m == "zoo_tuning" else m
+        label = "DER" if m == "scratch" else f"zoo_tuning[{kernels[0]}]" if m == "zoo_tuning" else m
         lines.append(f"| {label} | {res['agent_steps_per_s'][m]:.1f} | "
                      f"{res['ratio_to_der'][m]:.2f}x | {res['estimated_100k_run_h'][m]:.2f} |")
     md = (f"# RL speed (one thread, per-sample kernels {', '.join(kernels)}, recompute={recompute}, "

@@ -90,6 +90,10 @@ CONV_CASES = [
     dict(in_channels=4, out_channels=5, kernel_size=4, padding="same"),  # asymmetric 'same'
     dict(in_channels=4, out_channels=5, kernel_size=3, padding=1, padding_mode="reflect"),
     dict(in_channels=4, out_channels=4, kernel_size=7, stride=2, padding=3),
+    # non-overlapping patches (stride = kernel: unfold's reshape path), input 9x11 is cropped
+    dict(in_channels=4, out_channels=6, kernel_size=3, stride=3),
+    dict(in_channels=4, out_channels=6, kernel_size=(3, 2), stride=(3, 2), groups=2, bias=False),
+    dict(in_channels=4, out_channels=6, kernel_size=(3, 11), stride=(3, 11)),  # no crop in width
 ]
 
 
@@ -114,6 +118,26 @@ def test_conv_matches_naive_loop(cfg, kernel, recompute):
     assert g_fast.keys() == g_ref.keys()
     for n in g_ref:
         torch.testing.assert_close(g_fast[n], g_ref[n], msg=f"gradient of {n}")
+
+
+@pytest.mark.parametrize("kernel", ["unfold", "stacked"])
+def test_single_sample_without_autograd_matches_the_per_sample_kernel(kernel):
+    """Acting (batch 1, no autograd) takes the merged-weight shortcut; it must compute what the
+    per-sample kernel computes for that sample, batched or unbatched."""
+    srcs = _sources(lambda: nn.Conv2d(4, 6, 5, stride=5))
+    layer = AdaAggConv2d(srcs, kernel=kernel, align=True, lite=False, gate="normalized",
+                         gate_init="default", gate_hidden=3, te_momentum=0.9, recompute=False).train()
+    with torch.no_grad():
+        layer.align.delta.normal_(0, 0.1)
+    x = torch.randn(1, 4, 22, 21, dtype=torch.float64)
+    with torch.enable_grad():
+        ref = layer(x.requires_grad_()).detach()
+    x = x.detach()
+    with torch.no_grad():
+        torch.testing.assert_close(layer(x), ref)
+        torch.testing.assert_close(layer(x[0]), ref[0])
+        two = layer(torch.cat([x, x]))  # a batch of two still runs the per-sample kernel
+    torch.testing.assert_close(two[0], ref[0])
 
 
 @pytest.mark.parametrize("shape", [(5, 7), (5, 3, 7), (2, 3, 4, 7)])

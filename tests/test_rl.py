@@ -230,6 +230,17 @@ def test_methods_build_from_sources(tmp_path):
     cfg = build_rl_config({"method": {"name": "zoo_tuning", "sources": srcs}})
     zm = build_online(cfg.method, 9, cfg.agent, cfg.env, seed=0)
     assert zm.layer_names == ["conv1", "conv2"]
+    layers = zm.adaagg_layers()  # the config's per-layer kernels reach the layers
+    assert {n: layers[n].kernel for n in layers} == cfg.method.kernel == {"conv1": "unfold", "conv2": "stacked"}
+    one = build_online(build_rl_config({"method": {"name": "zoo_tuning", "sources": srcs, "layers": ["conv1"],
+                                                   "kernel": "grouped"}}).method, 9, cfg.agent, cfg.env, seed=0)
+    assert {n: m.kernel for n, m in one.adaagg_layers().items()} == {"conv1": "grouped"}
+    first = build_online(build_rl_config({"method": {"name": "zoo_tuning", "sources": srcs, "layers": ["conv1"]}}
+                                         ).method, 9, cfg.agent, cfg.env, seed=0)  # conv2's entry: nothing to set
+    assert {n: m.kernel for n, m in first.adaagg_layers().items()} == {"conv1": "unfold"}
+    bad = build_rl_config({"method": {"name": "zoo_tuning", "sources": srcs, "kernel": {"conv3": "unfold"}}})
+    with pytest.raises(ConfigError, match="conv3"):
+        build_online(bad.method, 9, cfg.agent, cfg.env, seed=0)
     w = zm.model.conv1.weights if hasattr(zm.model.conv1, "weights") else None
     assert w is None or torch.equal(w[0], n1.conv1.weight)
     cfg = build_rl_config({"method": {"name": "zoo_tuning_lite", "sources": srcs}})

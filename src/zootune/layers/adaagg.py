@@ -248,6 +248,12 @@ class AdaAggConv2d(AdaAggBase):
             else:
                 self._observe(a)
                 w, b = self._cached("aligned", self.aligned)
+                if x.shape[0] == 1 and not torch.is_grad_enabled():
+                    # one sample (an agent acting): its weight sum_i a_0i T_i W_i is one ordinary
+                    # kernel, so a plain convolution replaces the per-sample machinery
+                    wm, bm = self.merged(a[0], (w, b))
+                    y = self._conv(xp, wm.to(xp.dtype), bm.to(xp.dtype) if bm is not None else None)
+                    return y.squeeze(0) if unbatched else y
                 kern = conv_kernel(self.kernel, self.spec, xp, (x.shape[0],) + tuple(w.shape[1:]),
                                    num_sources=self.num_sources, recompute=self.recompute)
                 if torch.is_grad_enabled():

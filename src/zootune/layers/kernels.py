@@ -72,8 +72,14 @@ class Kernel:
     def forward(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    def forward_keep(self, x: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """:meth:`forward`, plus an intermediate that :meth:`backward` can take as ``kept``
+        instead of recomputing it (``None``: nothing worth keeping)."""
+        return self.forward(x, w), None
+
     def backward(
-        self, x: torch.Tensor, w: torch.Tensor, gy: torch.Tensor, need_x: bool, need_w: bool
+        self, x: torch.Tensor, w: torch.Tensor, gy: torch.Tensor, need_x: bool, need_w: bool,
+        kept: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         raise NotImplementedError
 
@@ -100,7 +106,7 @@ class GroupedConv(Kernel):
         )
         return y.view(b, w.shape[1], *y.shape[2:])
 
-    def backward(self, x, w, gy, need_x, need_w):
+    def backward(self, x, w, gy, need_x, need_w, kept=None):
         b, cin, h, wd = x.shape
         s = self.spec
         gx, gw, _ = torch.ops.aten.convolution_backward(
@@ -139,7 +145,7 @@ class LoopConv(Kernel):
             ]
         )
 
-    def backward(self, x, w, gy, need_x, need_w):
+    def backward(self, x, w, gy, need_x, need_w, kept=None):
         s = self.spec
         gxs = []
         gws = scratch("per_sample_weight_grad", tuple(w.shape), w.dtype, w.device) if need_w else None
@@ -164,18 +170,51 @@ class LoopConv(Kernel):
 
 
 class UnfoldConv(Kernel):
-    """im2col + batched matrix product: ``y_b = W_b cols(x_b)`` (groups split the matrices)."""
+    """im2col + batched matrix product: ``y_b = W_b cols(x_b)`` (groups split the matrices).
+
+    When the patches do not overlap (stride = kernel size, no padding, dilation 1 — e.g. the
+    DER network's 5x5 stride-5 convolutions) im2col is a reshape of the (cropped) input and
+    col2im its inverse, one copy each instead of ``F.unfold``/``F.fold``'s general gather and
+    scatter-add; :meth:`non_overlapping` says when, and a test keeps both paths equal.
+    """
 
     name = "unfold"
 
     def __init__(self, spec: ConvSpec):
         self.spec = spec
 
+    def non_overlapping(self, kernel_size: tuple[int, int]) -> bool:
+        s = self.spec
+        return (tuple(s.stride) == tuple(kernel_size) and s.padding == (0, 0)
+                and s.dilation == (1, 1))
+
     def _cols(self, x, w):
         s = self.spec
-        cols = F.unfold(x, w.shape[-2:], dilation=s.dilation, padding=s.padding, stride=s.stride)
         b, g = x.shape[0], s.groups
+        kh, kw = w.shape[-2:]
+        if self.non_overlapping((kh, kw)):
+            ho, wo = x.shape[2] // kh, x.shape[3] // kw
+            xc = x[:, :, : ho * kh, : wo * kw].reshape(b, x.shape[1], ho, kh, wo, kw)
+            cols = xc.permute(0, 1, 3, 5, 2, 4).reshape(b, x.shape[1] * kh * kw, ho * wo)
+        else:
+            cols = F.unfold(x, (kh, kw), dilation=s.dilation, padding=s.padding, stride=s.stride)
         return cols.view(b * g, cols.shape[1] // g, cols.shape[2])
+
+    def _fold(self, gcols, x, w):
+        """The input gradient from the column gradient ``gcols`` (B*g, C_in/g*kH*kW, L)."""
+        s = self.spec
+        b, c, h, wd = x.shape
+        kh, kw = w.shape[-2:]
+        if self.non_overlapping((kh, kw)):
+            ho, wo = h // kh, wd // kw
+            patches = gcols.view(b, c, kh, kw, ho, wo).permute(0, 1, 4, 2, 5, 3)
+            if ho * kh == h and wo * kw == wd:
+                return patches.reshape(b, c, h, wd)
+            gx = x.new_zeros(x.shape)  # the cropped border gets no gradient
+            gx[:, :, : ho * kh, : wo * kw] = patches.reshape(b, c, ho * kh, wo * kw)
+            return gx
+        return F.fold(gcols.view(b, -1, gcols.shape[-1]), (h, wd), (kh, kw),
+                      dilation=s.dilation, padding=s.padding, stride=s.stride)
 
     def _out_hw(self, x, w):
         s, (kh, kw) = self.spec, w.shape[-2:]
@@ -184,24 +223,27 @@ class UnfoldConv(Kernel):
         return h, wd
 
     def forward(self, x, w):
+        return self.forward_keep(x, w)[0]
+
+    def forward_keep(self, x, w):
+        """The columns are kept: the weight gradient needs them again."""
         b, g = x.shape[0], self.spec.groups
         cout = w.shape[1]
-        y = torch.bmm(w.reshape(b * g, cout // g, -1), self._cols(x, w))
-        return y.view(b, cout, *self._out_hw(x, w))
+        cols = self._cols(x, w)
+        y = torch.bmm(w.reshape(b * g, cout // g, -1), cols)
+        return y.view(b, cout, *self._out_hw(x, w)), cols
 
-    def backward(self, x, w, gy, need_x, need_w):
+    def backward(self, x, w, gy, need_x, need_w, kept=None):
         s = self.spec
         b, g, cout = x.shape[0], s.groups, w.shape[1]
-        cols = self._cols(x, w)
         g2 = gy.reshape(b * g, cout // g, -1)
         gw = gx = None
         if need_w:
             gw = scratch("per_sample_weight_grad", tuple(w.shape), w.dtype, w.device)
+            cols = self._cols(x, w) if kept is None else kept
             torch.bmm(g2, cols.transpose(1, 2), out=gw.view(b * g, cout // g, -1))
         if need_x:
-            gcols = torch.bmm(w.reshape(b * g, cout // g, -1).transpose(1, 2), g2)
-            gx = F.fold(gcols.view(b, -1, gcols.shape[-1]), x.shape[-2:], w.shape[-2:],
-                        dilation=s.dilation, padding=s.padding, stride=s.stride)
+            gx = self._fold(torch.bmm(w.reshape(b * g, cout // g, -1).transpose(1, 2), g2), x, w)
         return gx, gw
 
 
@@ -223,7 +265,7 @@ class PointwiseConv(Kernel):
         y = torch.bmm(w.view(b, w.shape[1], cin), xs.reshape(b, cin, h * wd))
         return y.view(b, w.shape[1], h, wd)
 
-    def backward(self, x, w, gy, need_x, need_w):
+    def backward(self, x, w, gy, need_x, need_w, kept=None):
         xs = self._subsample(x)
         b, cin, h, wd = xs.shape
         g = gy.reshape(b, gy.shape[1], h * wd)
@@ -251,7 +293,7 @@ class PerSampleLinear(Kernel):
     def forward(self, x, w):
         return torch.bmm(x, w.transpose(1, 2))
 
-    def backward(self, x, w, gy, need_x, need_w):
+    def backward(self, x, w, gy, need_x, need_w, kept=None):
         gx = torch.bmm(gy, w) if need_x else None
         gw = None
         if need_w:
@@ -615,26 +657,29 @@ class AggregatedPerSample(torch.autograd.Function):
     def forward(ctx, x, a, w, kernel: Kernel, recompute: bool):  # type: ignore[override]
         # recomputed in backward -> a scratch buffer is enough; kept for backward -> its own tensor
         wb = aggregate(a.to(x.dtype), w.to(x.dtype), "per_sample_weight" if recompute else None)
-        y = kernel.forward(x, wb)
         ctx.kernel = kernel
         ctx.recompute = recompute
         ctx.dtypes = (a.dtype, w.dtype)
         if recompute:
+            y = kernel.forward(x, wb)
             ctx.save_for_backward(x, a, w)
-        else:
-            ctx.save_for_backward(x, a, w, wb)
+        else:  # keep the per-sample weights and what the kernel's backward would recompute
+            y, kept = kernel.forward_keep(x, wb)
+            ctx.save_for_backward(x, a, w, wb, *(() if kept is None else (kept,)))
         return y
 
     @staticmethod
     @once_differentiable
     def backward(ctx, gy):  # type: ignore[override]
+        kept = None
         if ctx.recompute:
             x, a, w = ctx.saved_tensors
             wb = aggregate(a.to(x.dtype), w.to(x.dtype), "per_sample_weight")
         else:
-            x, a, w, wb = ctx.saved_tensors
+            x, a, w, wb = ctx.saved_tensors[:4]
+            kept = ctx.saved_tensors[4] if len(ctx.saved_tensors) > 4 else None
         need_x, need_a, need_w = ctx.needs_input_grad[:3]
-        gx, gwb = ctx.kernel.backward(x, wb, gy.to(x.dtype), need_x, need_a or need_w)
+        gx, gwb = ctx.kernel.backward(x, wb, gy.to(x.dtype), need_x, need_a or need_w, kept)
         ga = gw = None
         if gwb is not None:
             m, b = w.shape[0], a.shape[0]

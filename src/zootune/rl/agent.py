@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from zootune.config import ConfigError
 from zootune.errors import CheckpointError, ZootuneError
 from zootune.rl.config import AgentConfig, EnvConfig, MethodConfig
 from zootune.rl.network import DERNetwork
@@ -124,10 +125,19 @@ def build_online(method: MethodConfig, num_actions: int, agent: AgentConfig, env
 
     zoo = [_with_convs(fresh, load_source(p, agent, env)) for p in method.sources]
     torch.manual_seed(seed + 1)
-    return zootune.zoo_tune(zoo, layers=list(method.layers), align=method.align,
-                            lite=method.name == "zoo_tuning_lite", gate=method.gate,
-                            gate_init=method.gate_init, kernel=method.kernel,
-                            recompute=method.recompute)
+    plan = method.kernel if isinstance(method.kernel, dict) else None
+    if plan is not None:
+        convs = {n for n, mod in fresh.named_modules() if isinstance(mod, nn.Conv2d)}
+        if set(plan) - convs:
+            raise ConfigError(f"method.kernel: {sorted(set(plan) - convs)} are not convolutions of the "
+                              f"DER network ({', '.join(sorted(convs))})")
+    zm = zootune.zoo_tune(zoo, layers=list(method.layers), align=method.align,
+                          lite=method.name == "zoo_tuning_lite", gate=method.gate,
+                          gate_init=method.gate_init, kernel="stacked" if plan else method.kernel,
+                          recompute=method.recompute)
+    if plan:  # entries for convs that method.layers leaves out have nothing to set
+        zm.set_kernels({n: k for n, k in plan.items() if n in zm.adaagg_layers()})
+    return zm
 
 
 def _knowledge_flow(fresh: DERNetwork, method: MethodConfig, agent: AgentConfig, env: EnvConfig,

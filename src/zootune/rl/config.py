@@ -105,6 +105,9 @@ class AgentConfig(Section):
         return self
 
 
+ConvKernel = Literal["auto", "grouped", "unfold", "loop", "stacked"]
+
+
 class MethodConfig(Section):
     """What the online network starts from.
 
@@ -130,11 +133,14 @@ class MethodConfig(Section):
     align: bool | Literal["default"] = "default"
     gate: Literal["sigmoid", "normalized", "softmax"] = "normalized"
     gate_init: Literal["uniform", "kaiming", "default"] = "uniform"
-    #: per-sample conv kernel; a fixed one keeps resumed runs bit-identical (``auto`` times them).
-    #: ``stacked`` (one conv with both sources' weights stacked, no per-sample weights) without
-    #: recomputation is the fastest for DER's shapes here: 1.40x DER's step vs 1.86x for
-    #: ``unfold``, 1.91x for ``grouped`` (benchmarks/results/rl_speed.md, load ~3.4 on 2 cores).
-    kernel: Literal["auto", "grouped", "unfold", "loop", "stacked"] = "stacked"
+    #: per-sample conv kernel, one for every aggregated conv or ``{layer: kernel}``; a fixed one
+    #: keeps resumed runs bit-identical (``auto`` times them). The default is the fastest exact
+    #: pair for DER's shapes here (benchmarks/results/rl_speed.md): ``unfold`` for conv1 (its 5x5
+    #: stride-5 patches do not overlap, so im2col is a reshape, and its input needs no gradient:
+    #: per-sample weights are cheaper than ``stacked``'s m-fold weight gradient) and ``stacked``
+    #: for conv2 (one conv with both sources' weights stacked, no per-sample weights).
+    kernel: ConvKernel | dict[str, ConvKernel] = Field(
+        default_factory=lambda: {"conv1": "unfold", "conv2": "stacked"})
     #: recompute in backward instead of keeping (per-sample weights: B x |W|, 6.5 MB at batch 32
     #: here; ``stacked``: the m un-combined conv outputs, 2.6 MB)
     recompute: bool = False
