@@ -131,8 +131,12 @@ class AdaAggBase(nn.Module):
         return merged_w, merged_b
 
     def _cached(self, kind: str, fn):
-        """Reuse ``fn()`` while autograd is off and nothing it depends on has changed."""
-        if torch.is_grad_enabled():
+        """Reuse ``fn()`` while autograd is off and nothing it depends on has changed.
+
+        Not inside ``torch.compile``: the key compares data pointers and version counters, which
+        a graph cannot; a compiled model recomputes ``fn()`` in its graph (small next to the
+        convolutions unless the batch is tiny)."""
+        if torch.is_grad_enabled() or torch.compiler.is_compiling():
             return fn()
         tensors = [p for p in self.parameters(recurse=True)] + [self.te.accumulator, self.te.steps]
         key = (kind,) + tuple((t.data_ptr(), t._version) for t in tensors)

@@ -73,12 +73,14 @@ class TemporalEnsemble(nn.Module):
 
     def value(self, prior: torch.Tensor | None = None) -> torch.Tensor:
         """``abar`` (m,), bias corrected; ``prior`` (or uniform) before the first update."""
-        t = int(self.steps)
-        if t == 0:
-            if prior is not None:
-                return prior.detach().to(self.accumulator)
-            return torch.full_like(self.accumulator, 1.0 / self.accumulator.numel())
-        return self.accumulator / (1.0 - self.momentum**t)
+        # tensor ops only (no int(self.steps)): no host sync on a GPU, no graph break in torch.compile
+        before = (prior.detach().to(self.accumulator) if prior is not None
+                  else torch.full_like(self.accumulator, 1.0 / self.accumulator.numel()))
+        # 1 - momentum^t in float64, rounded once: the same number as the Python-float formula
+        wide = torch.float64 if self.steps.device.type != "mps" else torch.float32  # MPS: no float64
+        lam = torch.full((), self.momentum, dtype=wide, device=self.steps.device)
+        correction = (1.0 - torch.pow(lam, self.steps)).to(self.accumulator.dtype)
+        return torch.where(self.steps == 0, before, self.accumulator / correction)
 
     def reset(self) -> None:
         self.accumulator.zero_()

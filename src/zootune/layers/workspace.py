@@ -20,7 +20,14 @@ _BUFFERS: dict[tuple[str, torch.device, torch.dtype], torch.Tensor] = {}
 
 
 def scratch(name: str, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """An uninitialised tensor of ``shape`` backed by the shared buffer ``name``."""
+    """An uninitialised tensor of ``shape`` backed by the shared buffer ``name``.
+
+    Only on the CPU, where it pays (module docstring): elsewhere (CUDA's caching allocator
+    reuses freed blocks without page faults) and while ``torch.compile`` traces (a global
+    buffer is a side effect it cannot keep in one graph) it is a fresh ``torch.empty``.
+    """
+    if torch.device(device).type != "cpu" or torch.compiler.is_compiling():
+        return torch.empty(shape, dtype=dtype, device=device)
     numel = 1
     for s in shape:
         numel *= int(s)
