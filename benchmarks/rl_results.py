@@ -1,6 +1,6 @@
 """The results of an RL grid (paper §4.1, Fig. 4): tables, learning curves and gates.
 
-    python benchmarks/rl_results.py --grid grid_cpu --root benchmarks/cache/rl_cpu
+    python benchmarks/rl_results.py --grid grid_cpu --root benchmarks/rl_runs
     python benchmarks/rl_results.py --grid my_grid.yaml --root /tmp/grid --out /tmp/report
 
 Reads a grid folder written by ``zootune rl grid`` (any moment: finished runs, runs in progress,
@@ -596,7 +596,7 @@ def write_results(grid_path: str, root: str | Path, out: Path, name: str = "rl",
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--grid", default="grid_cpu", help="grid config: a file or a shipped name (grid_cpu)")
-    ap.add_argument("--root", type=Path, default=HERE / "cache" / "rl_cpu", help="the grid's --out folder")
+    ap.add_argument("--root", type=Path, default=HERE / "rl_runs", help="the grid's --out folder")
     ap.add_argument("--out", type=Path, default=RESULTS, help="where the results files go")
     ap.add_argument("--name", default="rl", help="stem of the results files")
     ap.add_argument("--alpha", type=float, default=0.05, help="level of the paired t-test verdicts")

@@ -13,7 +13,8 @@ A grid config (YAML, e.g. ``zootune/configs/rl/grid_paper.yaml``)::
 Layout under the output folder: ``sources/<Game>/seed<S>/`` and
 ``<Target>/<method>/seed<S>/`` (``finetune:Seaquest`` -> ``finetune-Seaquest``); each is a
 run folder of :func:`zootune.rl.loop.train_agent`. Sources run first (the target runs need
-them; each target run uses the seed-0 source of every source game). A run whose
+them; each target run uses the seed-0 source of every source game), then the targets seed by
+seed (every method's seed 0, then seed 1, ...). A run whose
 ``result.json`` exists is skipped; a run that has checkpoints resumes from them — so the
 runner can be killed at any time and started again, and ``--max-runs`` lets a long grid be
 done over several invocations. Each run is a subprocess (``python -m zootune rl run``) with
@@ -99,10 +100,12 @@ def plan(grid: GridConfig, root: str | Path) -> list[GridRun]:
                                 [f"env.game={game}", "method.name=scratch", f"run.seed={s}"], []))
         src_files[game] = root / "sources" / game / f"seed{grid.source_seed}" / "model.safetensors"
     sources = list(src_files)
+    # seed-major: every method's seed 0 before any seed 1, so a grid stopped part-way holds
+    # whole seeds (paired comparisons) rather than all seeds of the first methods
     for target in grid.targets:
-        for m in grid.methods:
-            name, _, src = m.partition(":")
-            for s in grid.seeds:
+        for s in grid.seeds:
+            for m in grid.methods:
+                name, _, src = m.partition(":")
                 ov = [f"env.game={target}", f"method.name={name}", f"run.seed={s}"]
                 needs: list[Path] = []
                 if name != "scratch":
