@@ -36,7 +36,7 @@ from zootune.rl.agent import agent_metadata, build_online
 from zootune.rl.c51 import support
 from zootune.rl.config import build_rl_config
 from zootune.rl.envs import make_env
-from zootune.rl.loop import act, learn
+from zootune.rl.loop import act, learn, make_optimizer
 from zootune.rl.network import DERNetwork, reset_noise
 from zootune.rl.replay import CompactReplay
 from zootune.train import OptimizerStep
@@ -110,8 +110,8 @@ def main(argv: list[str] | None = None) -> int:
         import copy
 
         target = copy.deepcopy(net)
-        opt = torch.optim.Adam(net.parameters(), lr=1e-4, eps=1.5e-4)
-        agents[row] = (cfg, net, target, OptimizerStep(opt, grad_clip=10.0))
+        opt = make_optimizer(list(net.parameters()), cfg.agent, torch.device("cpu"))  # as the loop's
+        agents[row] = (cfg, net, target, OptimizerStep(opt, grad_clip=cfg.agent.grad_clip))
     times = {m: [] for m in rows}
     for r in range(args.rounds + 1):  # round 0 warms up
         for m in rows:

@@ -43,7 +43,7 @@ from zootune.atomic import atomic_write_text
 from zootune.config import ConfigError
 from zootune.rl.agent import agent_metadata, build_online, final_network
 from zootune.rl.c51 import c51_loss, project, support
-from zootune.rl.config import RLConfig
+from zootune.rl.config import AgentConfig, RLConfig
 from zootune.rl.envs import env_state, make_env, set_env_state
 from zootune.rl.network import q_values, reset_noise
 from zootune.rl.replay import CompactReplay
@@ -188,7 +188,7 @@ def train_agent(cfg: RLConfig, out_dir: str | Path, *, label: str = "",
     for p in target.parameters():
         p.requires_grad_(False)
     trained = [p for p in net.parameters() if p.requires_grad]  # knowledge_flow's teachers are frozen
-    opt = torch.optim.Adam(trained, lr=a.lr, eps=a.adam_eps)
+    opt = make_optimizer(trained, a, device)
     replay = CompactReplay(a.replay_capacity, (cfg.env.screen_size, cfg.env.screen_size),
                            stack=cfg.env.frame_stack, n_step=a.n_step, discount=a.discount,
                            alpha=a.priority_alpha, eps=a.priority_eps, seed=run.seed)
@@ -340,6 +340,15 @@ def learn(net: torch.nn.Module, target: torch.nn.Module, replay: CompactReplay, 
     return loss.detach()
 
 
+def make_optimizer(params: list[torch.nn.Parameter], agent: AgentConfig, device: torch.device) -> torch.optim.Adam:
+    """DER's Adam (``agent.lr``, ``agent.adam_eps``). PyTorch's fused implementation where it
+    exists (CPU, CUDA): one kernel for all parameters instead of ~8 ops per tensor — on this
+    CPU 0.9 ms per update instead of 2.8 ms for DER's 20 tensors, 1.0 instead of 3.5 ms for
+    Zoo-Tuning's 30 (the same update; the rounding may differ from the per-tensor loop)."""
+    fused = True if device.type in ("cpu", "cuda") else None
+    return torch.optim.Adam(params, lr=agent.lr, eps=agent.adam_eps, fused=fused)
+
+
 def beta_at(step: int, cfg: RLConfig) -> float:
     """The importance-sampling exponent at ``step`` (annealed linearly to the end)."""
     a = cfg.agent
@@ -347,4 +356,5 @@ def beta_at(step: int, cfg: RLConfig) -> float:
     return a.priority_beta_start + (a.priority_beta_end - a.priority_beta_start) * frac
 
 
-__all__ = ["AgentResult", "act", "beta_at", "evaluate_agent", "learn", "set_step", "train_agent"]
+__all__ = ["AgentResult", "act", "beta_at", "evaluate_agent", "learn", "make_optimizer", "set_step",
+           "train_agent"]
