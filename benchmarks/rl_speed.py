@@ -41,6 +41,9 @@ from zootune.rl.network import DERNetwork, reset_noise
 from zootune.rl.replay import CompactReplay
 from zootune.train import OptimizerStep
 
+sys.path.insert(0, str(Path(__file__).parent))
+from common import atomic_write, keep_notes  # noqa: E402
+
 METHODS = ("scratch", "zoo_tuning", "zoo_tuning_lite")
 
 
@@ -137,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(res, indent=1))
+    atomic_write(out.with_suffix(".json"), json.dumps(res, indent=1))
     lines = ["| method | agent steps/s | step time vs DER | est. 100k run (h) |", "|---|---|---|---|"]
     for m in rows:
         label = "DER" if m == "scratch" else f"zoo_tuning[{kernels[0]}]" if m == "zoo_tuning" else m
@@ -148,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{env_s * 1e3:.2f} ms included)\n\n`{res['command']}`; load average at the end "
           f"{', '.join(f'{v:.1f}' for v in res['load_average_1_5_15'])} (2 cores)\n\n"
           + "\n".join(lines) + "\n")
-    out.with_suffix(".md").write_text(md)
+    atomic_write(out.with_suffix(".md"), keep_notes(out.with_suffix(".md"), md))  # hand notes stay
     print(md)
     return 0
 

@@ -134,18 +134,18 @@ def test_auto_times_stacked_with_the_number_of_sources(monkeypatch):
     spec = ConvSpec((5, 5), (0, 0), (1, 1), 1)
     x = torch.randn(4, 3, 20, 20, dtype=torch.float64)
     timed = []
-    real = K._time_op
+    real = K._best_times
 
-    def spy(kernel, *args, **kwargs):
-        timed.append(kernel.name)
-        return 0.0 if kernel.name == "stacked" else 1.0
+    def spy(steps, x, repeats=3):
+        timed.extend(steps)
+        return {name: 0.0 if name == "stacked" else 1.0 for name in steps}
 
-    monkeypatch.setattr(K, "_time_op", spy)
+    monkeypatch.setattr(K, "_best_times", spy)
     monkeypatch.setattr(K, "_CHOICES", {})
     assert choose_conv_kernel(spec, x, PerSampleShape((4, 5, 3, 5, 5), 2, False)) == "stacked"
     assert "stacked" in timed and "grouped" in timed
     assert choose_conv_kernel(spec, x, (4, 5, 3, 5, 5)) == "grouped"  # plain shape: as before
-    monkeypatch.setattr(K, "_time_op", real)
+    monkeypatch.setattr(K, "_best_times", real)
     srcs, layer = _layer(dict(in_channels=3, out_channels=5, kernel_size=5, stride=5), kernel="auto", m=2)
     xg = x.clone().requires_grad_(True)
     out = layer(xg)
@@ -179,3 +179,16 @@ def test_lite_train_mode_without_autograd_caches_alignment_exactly():
         y2 = layer(x)
     torch.testing.assert_close(y2, layer(x))
     assert not torch.allclose(y1, y2)
+
+
+def test_kernel_timing_is_interleaved():
+    """Candidates are timed round by round (a load change hits all of them), best of the rounds."""
+    import time
+
+    import zootune.layers.kernels as K
+
+    calls = []
+    steps = {"slow": lambda: (calls.append("slow"), time.sleep(0.003)), "fast": lambda: calls.append("fast")}
+    best = K._best_times(steps, torch.zeros(1), repeats=3)
+    assert calls == ["slow", "fast"] * 4  # one warm-up round, then 3 timed rounds
+    assert best["fast"] < 0.003 <= best["slow"]

@@ -452,26 +452,32 @@ class StackedPerSample(torch.autograd.Function):
 _CHOICES: dict[tuple, str] = {}
 
 
-def _best_time(step: Callable[[], None], x: torch.Tensor, repeats: int) -> float:
-    """Best-of-``repeats`` seconds of ``step()`` after one warm-up call (allocator, backend
-    kernel selection), synchronising the device of ``x`` around each timed call."""
-    step()
-    if x.is_cuda:
-        torch.cuda.synchronize(x.device)
-    best = float("inf")
-    for _ in range(repeats):
+def _best_times(steps: dict[str, Callable[[], None]], x: torch.Tensor, repeats: int = 3) -> dict[str, float]:
+    """Best-of-``repeats`` seconds of each ``steps[name]()``, after one warm-up call each
+    (allocator, backend kernel selection), synchronising the device of ``x`` around each timed
+    call. The candidates are timed **interleaved** (round 1: every step once, round 2: ...), so a
+    load change on a shared machine hits all of them instead of deciding the ranking."""
+    def once(step: Callable[[], None]) -> float:
+        if x.is_cuda:
+            torch.cuda.synchronize(x.device)
         t0 = time.perf_counter()
         step()
         if x.is_cuda:
             torch.cuda.synchronize(x.device)
-        best = min(best, time.perf_counter() - t0)
+        return time.perf_counter() - t0
+
+    for step in steps.values():
+        once(step)
+    best = {name: float("inf") for name in steps}
+    for _ in range(repeats):
+        for name, step in steps.items():
+            best[name] = min(best[name], once(step))
     return best
 
 
-def _time_kernel(
-    kernel: Kernel, x: torch.Tensor, w: torch.Tensor, training: bool, need_x: bool, repeats: int = 3
-) -> float:
-    """Best-of-``repeats`` seconds of forward (+ backward when ``training``)."""
+def _kernel_step(kernel: Kernel, x: torch.Tensor, w: torch.Tensor, training: bool, need_x: bool
+                 ) -> Callable[[], None]:
+    """One forward (+ backward when ``training``) of a bare kernel, for timing."""
     gy = torch.randn_like(kernel.forward(x, w))
 
     def step():
@@ -479,7 +485,28 @@ def _time_kernel(
         if training:
             kernel.backward(x, w, gy, need_x, True)
 
-    return _best_time(step, x, repeats)
+    return step
+
+
+def _op_step(kernel, x: torch.Tensor, a: torch.Tensor, w: torch.Tensor, training: bool, need_x: bool,
+             recompute: bool) -> Callable[[], None]:
+    """One ``per_sample`` forward (+ backward with every gradient when ``training``), for timing."""
+    x = x.detach().requires_grad_(need_x)
+    a = a.detach().requires_grad_(training)
+    w = w.detach().requires_grad_(training)
+    with torch.no_grad():
+        gy = torch.randn_like(per_sample(x, a, w, kernel, recompute))
+
+    def step():
+        if training:
+            with torch.enable_grad():
+                per_sample(x, a, w, kernel, recompute).backward(gy)
+            x.grad = a.grad = w.grad = None
+        else:
+            with torch.no_grad():
+                per_sample(x, a, w, kernel, recompute)
+
+    return step
 
 
 #: Below this many multiply-adds per forward, ``auto`` does not time the per-sample kernels
@@ -512,29 +539,6 @@ class PerSampleShape(tuple):
         return obj
 
 
-def _time_op(
-    kernel, x: torch.Tensor, a: torch.Tensor, w: torch.Tensor, training: bool, need_x: bool,
-    recompute: bool, repeats: int = 3,
-) -> float:
-    """Best-of-``repeats`` seconds of ``per_sample`` forward (+ backward when ``training``)."""
-    x = x.detach().requires_grad_(need_x)
-    a = a.detach().requires_grad_(training)
-    w = w.detach().requires_grad_(training)
-    with torch.no_grad():
-        gy = torch.randn_like(per_sample(x, a, w, kernel, recompute))
-
-    def step():
-        if training:
-            with torch.enable_grad():
-                per_sample(x, a, w, kernel, recompute).backward(gy)
-            x.grad = a.grad = w.grad = None
-        else:
-            with torch.no_grad():
-                per_sample(x, a, w, kernel, recompute)
-
-    return _best_time(step, x, repeats)
-
-
 def choose_conv_kernel(
     spec: ConvSpec, x: torch.Tensor, weight_shape: tuple[int, ...]
 ) -> str:
@@ -547,7 +551,7 @@ def choose_conv_kernel(
     ``grouped`` (and ``stacked`` when m is known) are considered. Training (autograd on) times
     forward + backward, inference the forward only. The key holds everything that changes which
     is faster: shapes, hyper-parameters, m, recompute, dtype, device and memory format. The
-    timing runs on random data of the real shape.
+    timing runs on random data of the real shape, the candidates interleaved (:func:`_best_times`).
     """
     training = torch.is_grad_enabled()  # inference only needs the forward to be fast
     need_x = training and x.requires_grad
@@ -574,10 +578,8 @@ def choose_conv_kernel(
             with torch.no_grad():
                 xs = torch.randn_like(x)
                 ws = torch.randn(tuple(weight_shape), dtype=x.dtype, device=x.device)
-                times = {
-                    k.name: _time_kernel(k, xs, ws, training, need_x)
-                    for k in (GroupedConv(spec), LoopConv(spec), UnfoldConv(spec))
-                }
+                times = _best_times({k.name: _kernel_step(k, xs, ws, training, need_x)
+                                     for k in (GroupedConv(spec), LoopConv(spec), UnfoldConv(spec))}, x)
             choice = min(times, key=times.get)
     else:
         cands = [GroupedConv(spec), StackedConv(spec)]
@@ -586,7 +588,7 @@ def choose_conv_kernel(
         xs = torch.randn_like(x)
         a = torch.rand(x.shape[0], m, dtype=x.dtype, device=x.device)
         w = torch.randn((m, *tuple(weight_shape)[1:]), dtype=x.dtype, device=x.device)
-        times = {k.name: _time_op(k, xs, a, w, training, need_x, recompute) for k in cands}
+        times = _best_times({k.name: _op_step(k, xs, a, w, training, need_x, recompute) for k in cands}, x)
         choice = min(times, key=times.get)
     _CHOICES[key] = choice
     return choice
