@@ -66,7 +66,7 @@ class DERTrunk(nn.Module):
         self.conv1, self.act1, self.conv2, self.act2 = net.conv1, net.act1, net.conv2, net.act2
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
-        x = obs.float().div_(255.0) if obs.dtype == torch.uint8 else obs
+        x = DERNetwork.scale(obs)
         return self.act2(self.conv2(self.act1(self.conv1(x))))
 
 

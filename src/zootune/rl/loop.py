@@ -45,7 +45,7 @@ from zootune.rl.agent import agent_metadata, build_online, final_network
 from zootune.rl.c51 import c51_loss, project, support
 from zootune.rl.config import AgentConfig, RLConfig
 from zootune.rl.envs import env_state, make_env, set_env_state
-from zootune.rl.network import q_values, reset_noise
+from zootune.rl.network import DERNetwork, q_values, reset_noise
 from zootune.rl.replay import CompactReplay
 from zootune.train import (
     InterruptHandler,
@@ -322,7 +322,8 @@ def learn(net: torch.nn.Module, target: torch.nn.Module, replay: CompactReplay, 
     """One DER update; returns the (detached) weighted loss."""
     a = cfg.agent
     b = replay.sample(a.batch_size, beta)
-    obs, next_obs = b.obs.to(device), b.next_obs.to(device)
+    # scaled once here: next_obs feeds both the target and the online network
+    obs, next_obs = DERNetwork.scale(b.obs.to(device)), DERNetwork.scale(b.next_obs.to(device))
     actions = b.actions.to(device)
     with torch.no_grad(), gate_tracking(net, False), gate_tracking(target, False):
         reset_noise(target)

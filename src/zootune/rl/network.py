@@ -75,9 +75,13 @@ class DERNetwork(nn.Module):
             self.fc_h_v = _linear(cfg, self.feature_size, cfg.hidden)
             self.fc_z_v = _linear(cfg, cfg.hidden, self.atoms)
 
+    @staticmethod
+    def scale(obs: torch.Tensor) -> torch.Tensor:
+        """uint8 frames -> floats in [0, 1]; a float input is taken as already scaled."""
+        return obs.float().div_(255.0) if obs.dtype == torch.uint8 else obs
+
     def features(self, obs: torch.Tensor) -> torch.Tensor:
-        x = obs.float().div_(255.0) if obs.dtype == torch.uint8 else obs
-        return self.trunk(x).flatten(1)
+        return self.trunk(self.scale(obs)).flatten(1)
 
     def trunk(self, x: torch.Tensor) -> torch.Tensor:
         """The two convolutions and their activations on a float input (B, stack, H, W)."""
