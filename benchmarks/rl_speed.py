@@ -74,6 +74,48 @@ def time_env(cfg, steps: int) -> float:
     return (time.perf_counter() - t) / steps
 
 
+def layer_table(m: int = 2, rounds: int = 30) -> list[dict]:
+    """Each DER conv with every per-sample kernel against the plain conv, as the agent uses them:
+    a training forward + backward at batch 32 (conv1's input needs no gradient), a forward
+    without autograd at batch 32 (target / double-Q), and at batch 1 (acting, which takes the
+    one-sample shortcut in the layer, so the bare kernels are listed for reference). Interleaved
+    rounds, best of each; ``recompute=False`` as the RL default."""
+    import torch.nn.functional as F
+
+    from zootune.layers.kernels import ConvSpec, conv_kernel, per_sample
+
+    spec = ConvSpec((5, 5), (0, 0), (1, 1), 1)
+    rows = []
+    for name, (cin, side, cout, needs_x) in {"conv1": (4, 84, 32, False), "conv2": (32, 16, 64, True)}.items():
+        for batch, train in ((32, True), (32, False), (1, False)):
+            g = torch.Generator().manual_seed(0)
+            x = torch.randn(batch, cin, side, side, generator=g, requires_grad=needs_x and train)
+            w = torch.randn(m, cout, cin, 5, 5, generator=g, requires_grad=train)
+            a = torch.rand(batch, m, generator=g, requires_grad=train)
+            wp = torch.randn(cout, cin, 5, 5, generator=g, requires_grad=train)
+
+            def run(fn):
+                with torch.set_grad_enabled(train):
+                    y = fn()
+                    if train:
+                        y.backward(torch.ones_like(y))
+                x.grad = a.grad = w.grad = wp.grad = None
+
+            fns = {"plain": lambda: F.conv2d(x, wp, None, 5)}
+            for kn in ("grouped", "unfold", "stacked"):
+                kern = conv_kernel(kn, spec, x, (batch, cout, cin, 5, 5))
+                fns[kn] = lambda kern=kern: per_sample(x, a, w, kern, False)
+            best = {n: float("inf") for n in fns}
+            for r in range(rounds + 2):  # two warm-up rounds
+                for n, fn in fns.items():
+                    t = time.perf_counter()
+                    run(fn)
+                    if r >= 2:
+                        best[n] = min(best[n], time.perf_counter() - t)
+            rows.append({"layer": name, "batch": batch, "autograd": train, "ms": {n: v * 1e3 for n, v in best.items()}})
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rounds", type=int, default=5)
@@ -82,6 +124,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="comma list of per-sample kernels; 'default': the config's per-layer choice")
     p.add_argument("--recompute", choices=("true", "false"), default="false")
     p.add_argument("--out", default=str(Path(__file__).parent / "results" / "rl_speed"))
+    p.add_argument("--no-layers", action="store_true", help="skip the per-layer kernel table")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     tmp = Path(tempfile.mkdtemp())
@@ -138,6 +181,8 @@ def main(argv: list[str] | None = None) -> int:
         "ratio_to_der": {m: (v + env_s) / (med["scratch"] + env_s) for m, v in med.items()},
         "estimated_100k_run_h": {m: 100_000 * (v + env_s) / 3600 for m, v in med.items()},
     }
+    if not args.no_layers:
+        res["layers"] = layer_table()
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(out.with_suffix(".json"), json.dumps(res, indent=1))
@@ -151,6 +196,15 @@ def main(argv: list[str] | None = None) -> int:
           f"{env_s * 1e3:.2f} ms included)\n\n`{res['command']}`; load average at the end "
           f"{', '.join(f'{v:.1f}' for v in res['load_average_1_5_15'])} (2 cores)\n\n"
           + "\n".join(lines) + "\n")
+    if res.get("layers"):
+        md += ("\nPer layer (`layer_table`: m=2, recompute=False, best of 30 interleaved rounds; ms, "
+               "ratio to the plain conv):\n\n| layer | batch | autograd | plain | grouped | unfold | stacked |\n"
+               "|---|---|---|---|---|---|---|\n")
+        for r in res["layers"]:
+            ms = r["ms"]
+            md += (f"| {r['layer']} | {r['batch']} | {'fwd+bwd' if r['autograd'] else 'fwd'} | {ms['plain']:.3f} | "
+                   + " | ".join(f"{ms[k]:.3f} ({ms[k] / ms['plain']:.2f}x)" for k in ("grouped", "unfold", "stacked"))
+                   + " |\n")
     atomic_write(out.with_suffix(".md"), keep_notes(out.with_suffix(".md"), md))  # hand notes stay
     print(md)
     return 0
