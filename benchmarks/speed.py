@@ -381,19 +381,23 @@ def profile_layers(shape: str, m: int, threads: int, reps: int) -> list[dict]:
     return list(seen.values())
 
 
+def cpu_name() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), recorded with every measurement: sessions run
+    on different machines, and one results file collects cells from several of them."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(l.split(":", 1)[1].strip() for l in f if l.startswith("model name"))
+    except (OSError, StopIteration):
+        return "unknown"
+
+
 def environment() -> dict:
     import torch
 
     import zootune
 
-    cpu = "unknown"
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(l.split(":", 1)[1].strip() for l in f if l.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
     return {
-        "machine": f"{platform.machine()} {cpu}, {os.cpu_count()} cores",
+        "machine": f"{platform.machine()} {cpu_name()}, {os.cpu_count()} cores",
         "python": platform.python_version(),
         "torch": torch.__version__,
         "zootune": zootune.__version__,
@@ -431,15 +435,36 @@ def cells(shapes, phases, ms, sweep_shapes):
     return out
 
 
+UNRECORDED = "not recorded (measured before the CPU was recorded per cell)"
+
+
+def cpu_labels(data: dict) -> dict[str, str]:
+    """Short labels A, B, ... for the CPUs named in the results, in order of appearance."""
+    names: list[str] = []
+    recs = list(data["results"].values()) + [r for rows in data.get("layer_profile", {}).values()
+                                             for r in rows]
+    for r in recs:
+        for name in (r.get("cpu", UNRECORDED), r.get("own_cpu", UNRECORDED)):
+            if name not in names:
+                names.append(name)
+    return {name: chr(ord("A") + i) for i, name in enumerate(names)}
+
+
 def write_markdown(data: dict) -> None:
     env, results = data["environment"], data["results"]
+    labels = cpu_labels(data)
     lines = [
         "# Speed and memory: Zoo-Tuning vs one plain ResNet-50",
         "",
         "Commands (in order; each skips the cells already measured): "
         + "; ".join(f"`{c}`" for c in data.get("commands", [data.get("command", "")])) + "  ",
-        f"Machine: {env['machine']}; Python {env['python']}; torch {env['torch']}; "
+        f"Last run on: {env['machine']}; Python {env['python']}; torch {env['torch']}; "
         f"zootune {env['zootune']}; {env['threads']} threads.",
+        "",
+        "CPUs (the cells come from several sessions, each on the machine it was given; the `CPU` "
+        "column names the machine of the interleaved timing / of the own-process run, and an own "
+        "ratio is only formed between runs on the same CPU): "
+        + "; ".join(f"**{label}** = {name}" for name, label in labels.items()) + ".",
         "",
         "Every ratio is against the plain model timed in the same process, interleaved step by "
         "step with the others (best of the rounds; see the script's docstring); \"own process\": "
@@ -456,9 +481,9 @@ def write_markdown(data: dict) -> None:
                 continue
             alloc = "with jemalloc (LD_PRELOAD)" if jem else "default allocator (glibc)"
             lines += [f"## {shape} shape: batch {b}, {s}x{s} — {alloc}", "",
-                      "| phase | method | m | s/step | time ratio | own process s/step | own ratio | "
-                      "FLOP ratio | peak RSS GB | mem ratio | target (paper shape) | met |",
-                      "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+                      "| phase | method | m | CPU | s/step | time ratio | own process s/step | "
+                      "own ratio | FLOP ratio | peak RSS GB | mem ratio | target (paper shape) | met |",
+                      "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
             for r in sorted(rows, key=lambda r: (r["phase"] != "train", r["m"],
                                                  METHODS[r["phase"]].index(r["method"]))):
                 base = results.get(cell_key(shape, r["phase"], "plain", r["m"], jem))
@@ -466,7 +491,10 @@ def write_markdown(data: dict) -> None:
                 fr = r["flops"] / base["flops"] if r.get("flops") else float("nan")
                 mr = r["peak_rss_gb"] / base["peak_rss_gb"] if r.get("peak_rss_gb") else float("nan")
                 own = r.get("fresh_median")
-                own_r = own / base["fresh_median"] if own and base.get("fresh_median") else None
+                own_cpu = r.get("own_cpu", UNRECORDED)
+                same_cpu = own_cpu == base.get("own_cpu", UNRECORDED) != UNRECORDED
+                own_r = own / base["fresh_median"] if own and base.get("fresh_median") and same_cpu else None
+                cpu = labels[r.get("cpu", UNRECORDED)] + ("" if own is None else f" / {labels[own_cpu]}")
                 tgt, met = "", ""
                 if shape == "paper" and r["m"] == 5 and (r["phase"], r["method"]) in TARGETS:
                     t = TARGETS[(r["phase"], r["method"])]
@@ -479,7 +507,7 @@ def write_markdown(data: dict) -> None:
                         met += "/" + ("yes" if mr <= MEM_TARGET[2] else "no")
                 peak = f"{r['peak_rss_gb']:.2f}" if r.get("peak_rss_gb") else "-"
                 lines.append(
-                    f"| {r['phase']} | {r['method']} | {r['m']} | {r['seconds']:.3f} | {tr:.2f}x | "
+                    f"| {r['phase']} | {r['method']} | {r['m']} | {cpu} | {r['seconds']:.3f} | {tr:.2f}x | "
                     f"{'-' if own is None else f'{own:.3f}'} | "
                     f"{'-' if own_r is None else f'{own_r:.2f}x'} | "
                     f"{fr:.2f}x | {peak} | {mr:.2f}x | {tgt} | {met} |"
@@ -488,6 +516,7 @@ def write_markdown(data: dict) -> None:
     for shape, rows in data.get("layer_profile", {}).items():
         lines += [f"## Per-layer profile ({shape} shape): forward+backward of one aggregated conv "
                   "vs the plain conv, same input", "",
+                  f"CPU: {', '.join(sorted({labels[r.get('cpu', UNRECORDED)] for r in rows}))}.", "",
                   "| first layer | count | input CxHxW | out | k | stride | aligned | kernel | "
                   "plain ms | zoo ms | ratio |",
                   "|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -561,7 +590,7 @@ def main() -> None:
             print(f"time {shape}/{phase}/m{m}: {', '.join(methods)} ...", flush=True)
             times = run_worker("time", {**spec, "methods": methods, "reps": args.reps}, env)
             for meth in methods:
-                rec = {**spec, "method": meth, "jemalloc": args.jemalloc,
+                rec = {**spec, "method": meth, "jemalloc": args.jemalloc, "cpu": cpu_name(),
                        "seconds": min(times[meth]), "all_seconds": times[meth]}
                 print(f"     {meth}: {rec['seconds']:.3f} s/step", flush=True)
                 data["results"].setdefault(keys[meth], {}).update(rec)
@@ -574,7 +603,7 @@ def main() -> None:
             if meth == "exported":  # measured on the exported file alone, as deployed
                 mspec["exported_file"] = str(RESULTS / ".speed_exported.safetensors")
                 run_worker("export", {**spec, "path": mspec["exported_file"]}, env)
-            data["results"][keys[meth]].update(run_worker("memory", mspec, env))
+            data["results"][keys[meth]].update(run_worker("memory", mspec, env), own_cpu=cpu_name())
             save()
         (RESULTS / ".speed_exported.safetensors").unlink(missing_ok=True)
     for k, rec in data["results"].items():  # FLOPs counted by an older version of the counter
@@ -588,7 +617,8 @@ def main() -> None:
             if shape in data["layer_profile"] and not args.force:
                 continue
             print(f"profile layers at {shape} ...", flush=True)
-            data["layer_profile"][shape] = profile_layers(shape, 5, args.threads, args.reps)
+            data["layer_profile"][shape] = [{**r, "cpu": cpu_name()} for r in
+                                            profile_layers(shape, 5, args.threads, args.reps)]
             save()
     save()
     print((RESULTS / "speed.md").read_text())

@@ -1,0 +1,54 @@
+"""The speed report (benchmarks/speed.py) names the CPU of every cell and never forms an
+own-process ratio between runs on different CPUs (sessions run on different machines)."""
+
+from __future__ import annotations
+
+import pytest
+
+from trainer_utils import load_script
+
+
+@pytest.fixture()
+def speed(tmp_path, monkeypatch):
+    mod = load_script("benchmarks/speed.py")
+    monkeypatch.setattr(mod, "RESULTS", tmp_path)
+    return mod
+
+
+def _rec(method: str, seconds: float, own: float, cpu: str | None, own_cpu: str | None) -> dict:
+    rec = {"shape": "paper", "phase": "train", "m": 5, "threads": 2, "method": method,
+           "jemalloc": False, "seconds": seconds, "flops": 100.0, "peak_rss_gb": 5.0,
+           "fresh_median": own}
+    if cpu:
+        rec["cpu"] = cpu
+    if own_cpu:
+        rec["own_cpu"] = own_cpu
+    return rec
+
+
+def _row(md: str, method: str) -> list[str]:
+    line = next(l for l in md.splitlines() if l.startswith(f"| train | {method} | 5 |"))
+    return [c.strip() for c in line.strip("|").split("|")]
+
+
+def _report(speed, results: dict) -> str:
+    data = {"results": {speed.cell_key("paper", "train", r["method"], 5, False): r for r in results},
+            "environment": {"machine": "x", "python": "3", "torch": "t", "zootune": "z", "threads": 2}}
+    speed.write_markdown(data)
+    return (speed.RESULTS / "speed.md").read_text()
+
+
+def test_own_ratio_only_between_runs_on_the_same_cpu(speed):
+    md = _report(speed, [_rec("plain", 10.0, 12.0, "Xeon", "Xeon"), _rec("zoo", 13.0, 15.0, "Xeon", "Xeon"),
+                         _rec("lite", 11.0, 30.0, "Xeon", "EPYC")])
+    assert "**A** = Xeon" in md and "**B** = EPYC" in md
+    zoo, lite = _row(md, "zoo"), _row(md, "lite")
+    assert zoo[3] == "A / A" and zoo[5] == "1.30x" and zoo[7] == "1.25x"
+    assert lite[3] == "A / B" and lite[7] == "-"  # 30 s on another CPU: no ratio against 12 s
+    assert lite[-1] == "yes"  # judged on the interleaved ratio alone (1.10x <= 1.2x)
+
+
+def test_cells_without_a_recorded_cpu_are_labelled_so(speed):
+    md = _report(speed, [_rec("plain", 10.0, 12.0, None, None), _rec("zoo", 13.0, 15.0, None, None)])
+    assert "not recorded" in md
+    assert _row(md, "zoo")[7] == "-"  # unknown machines are not assumed equal
