@@ -319,17 +319,29 @@ def memory_worker(spec: dict) -> dict:
 
 
 def profile_layers(shape: str, m: int, threads: int, reps: int) -> list[dict]:
-    """Time each distinct aggregated-conv shape alone (fwd+bwd) against the plain conv."""
+    """Time each distinct aggregated-conv shape alone (forward + backward) against the plain conv:
+    the per-sample layer, the lite layer, and lite's parts on their own (issue 15, item 2):
+
+    * ``align``: ``T_i W_i`` for the m sources and its backward (Eq. 6's alignment);
+    * ``merge``: ``sum_i abar_i (T_i W_i)`` (Eq. 5, one matrix-vector product) and its backward;
+    * ``gates``: pooling the layer input, the gate network and the batch mean, and their backward
+      (the pooling's backward is a broadcast into the input gradient).
+
+    The convolution with the merged kernel is the plain conv's cost (``plain_ms``). Each part is
+    timed like the layers (best of ``reps`` after one warm-up), so ``align + merge + gates +
+    plain`` can be compared with the whole lite layer."""
     import torch
     import torchvision
 
     import zootune
+    from zootune.layers.gate import pool_conv_input
 
     torch.set_num_threads(threads)
     batch, size = SHAPES[shape]
     torch.manual_seed(0)
     zoo = [torchvision.models.resnet50() for _ in range(m)]
     zm = zootune.zoo_tune(zoo)
+    zl = zootune.zoo_tune(zoo, lite=True)
     inputs: dict[str, torch.Size] = {}
 
     def recorder(name):
@@ -345,9 +357,25 @@ def profile_layers(shape: str, m: int, threads: int, reps: int) -> list[dict]:
     for h in hooks:
         h.remove()
     seen: dict[tuple, dict] = {}
-    layers = zm.adaagg_layers()
+    layers, lite_layers = zm.adaagg_layers(), zl.adaagg_layers()
+
+    def best_of(fn) -> float:
+        fn()  # warm-up
+        best = float("inf")
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            fn()
+            best = min(best, time.perf_counter() - t0)
+        return best
+
+    def fwd_bwd(fn):
+        def run():
+            y = fn()
+            y.backward(torch.ones_like(y))
+        return run
+
     for name, shp in inputs.items():
-        layer = layers[name]
+        layer, lite = layers[name], lite_layers[name]
         if not hasattr(layer, "kernel_size"):
             continue
         key = (tuple(shp[1:]), layer.out_channels, layer.kernel_size, layer.stride)
@@ -356,20 +384,15 @@ def profile_layers(shape: str, m: int, threads: int, reps: int) -> list[dict]:
             continue
         x = torch.randn(batch, *shp[1:], requires_grad=True)
         plain = zoo[0].get_submodule(name)
-
-        def timed(mod):
+        for mod in (plain, layer, lite):
             mod.train()
-            y = mod(x)
-            y.backward(torch.ones_like(y))
-            best = float("inf")
-            for _ in range(reps):
-                t0 = time.perf_counter()
-                y = mod(x)
-                y.backward(torch.ones_like(y))
-                best = min(best, time.perf_counter() - t0)
-            return best
-
-        tp, tz = timed(plain), timed(layer)
+        tp, tz, tl = (best_of(fwd_bwd(lambda mod=mod: mod(x))) for mod in (plain, layer, lite))
+        aligned = tuple(t.detach().requires_grad_(True) if t is not None else None
+                        for t in lite.aligned())
+        gate = lite.gate_value().detach().requires_grad_(True)
+        t_align = best_of(fwd_bwd(lambda: lite.aligned()[0]))
+        t_merge = best_of(fwd_bwd(lambda: lite.merged(gate, aligned)[0]))
+        t_gates = best_of(fwd_bwd(lambda: lite._gates(pool_conv_input(x)).mean(0)))
         # the kernel the layer actually ran in its timed training forwards ("auto" resolved)
         kernel_name = layer.train_kernel or layer.kernel
         seen[key] = {
@@ -377,6 +400,8 @@ def profile_layers(shape: str, m: int, threads: int, reps: int) -> list[dict]:
             "kernel_size": list(layer.kernel_size), "stride": list(layer.stride),
             "aligned": layer.align is not None, "kernel": kernel_name,
             "plain_ms": 1e3 * tp, "zoo_ms": 1e3 * tz, "ratio": tz / tp,
+            "lite_ms": 1e3 * tl, "lite_align_ms": 1e3 * t_align, "lite_merge_ms": 1e3 * t_merge,
+            "lite_gates_ms": 1e3 * t_gates,
         }
     return list(seen.values())
 
@@ -518,15 +543,33 @@ def write_markdown(data: dict) -> None:
                   "vs the plain conv, same input", "",
                   f"CPU: {', '.join(sorted({labels[r.get('cpu', UNRECORDED)] for r in rows}))}.", "",
                   "| first layer | count | input CxHxW | out | k | stride | aligned | kernel | "
-                  "plain ms | zoo ms | ratio |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|"]
+                  "plain ms | zoo ms | ratio | lite ms | lite ratio | lite parts: align / merge / "
+                  "gates ms |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        totals = {k: 0.0 for k in ("plain_ms", "zoo_ms", "lite_ms", "lite_align_ms",
+                                   "lite_merge_ms", "lite_gates_ms")}
         for r in rows:
+            lite = "| - | - | - |"
+            if "lite_ms" in r:  # profiles from before lite was profiled lack these columns
+                lite = (f"| {r['lite_ms']:.1f} | {r['lite_ms'] / r['plain_ms']:.2f}x | "
+                        f"{r['lite_align_ms']:.1f} / {r['lite_merge_ms']:.1f} / "
+                        f"{r['lite_gates_ms']:.1f} |")
             lines.append(
                 f"| {r['layer']} | {r['count']} | {'x'.join(map(str, r['input']))} | "
                 f"{r['out_channels']} | {r['kernel_size'][0]} | {r['stride'][0]} | {r['aligned']} | "
-                f"{r['kernel']} | {r['plain_ms']:.1f} | {r['zoo_ms']:.1f} | {r['ratio']:.2f}x |"
+                f"{r['kernel']} | {r['plain_ms']:.1f} | {r['zoo_ms']:.1f} | {r['ratio']:.2f}x " + lite
             )
-        lines.append("")
+            for k in totals:
+                totals[k] += r.get(k, float("nan")) * r["count"]
+        t = totals
+        summary = (f"Summed over all aggregated convs (each shape times its count): plain "
+                   f"{t['plain_ms']:.0f} ms, per-sample {t['zoo_ms']:.0f} ms "
+                   f"({t['zoo_ms'] / t['plain_ms']:.2f}x)")
+        if all("lite_ms" in r for r in rows):
+            summary += (f", lite {t['lite_ms']:.0f} ms ({t['lite_ms'] / t['plain_ms']:.2f}x); "
+                        f"lite's parts: alignment {t['lite_align_ms']:.0f} ms, merge "
+                        f"{t['lite_merge_ms']:.0f} ms, gates {t['lite_gates_ms']:.0f} ms")
+        lines += ["", summary + ".", ""]
     notes = RESULTS / "speed_notes.md"
     if notes.exists():
         lines.append(notes.read_text())

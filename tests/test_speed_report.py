@@ -52,3 +52,25 @@ def test_cells_without_a_recorded_cpu_are_labelled_so(speed):
     md = _report(speed, [_rec("plain", 10.0, 12.0, None, None), _rec("zoo", 13.0, 15.0, None, None)])
     assert "not recorded" in md
     assert _row(md, "zoo")[7] == "-"  # unknown machines are not assumed equal
+
+
+@pytest.mark.slow
+def test_layer_profile_covers_every_aggregated_conv_with_lite_parts(speed, monkeypatch):
+    import torchvision
+
+    import zootune
+
+    monkeypatch.setitem(speed.SHAPES, "tiny", (2, 32))
+    rows = speed.profile_layers("tiny", 2, 1, 1)
+    n_convs = sum(1 for l in zootune.zoo_tune([torchvision.models.resnet50()] * 2).adaagg_layers().values()
+                  if hasattr(l, "kernel_size"))
+    assert sum(r["count"] for r in rows) == n_convs
+    for r in rows:
+        assert all(r[k] > 0 for k in ("plain_ms", "zoo_ms", "lite_ms", "lite_align_ms",
+                                      "lite_merge_ms", "lite_gates_ms"))
+    speed.write_markdown({"results": {}, "layer_profile": {"tiny": rows},
+                          "environment": {"machine": "x", "python": "3", "torch": "t",
+                                          "zootune": "z", "threads": 1}})
+    md = (speed.RESULTS / "speed.md").read_text()
+    assert "lite's parts: alignment" in md
+    assert all(f"| {r['layer']} | {r['count']} |" in md for r in rows)
