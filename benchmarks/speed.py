@@ -3,6 +3,7 @@
     python benchmarks/speed.py                       # quick + paper shapes, resumable
     python benchmarks/speed.py --shapes quick        # only batch 16 @ 112x112
     python benchmarks/speed.py --profile-layers --shapes paper --phases none
+    python benchmarks/speed.py --shapes paper --phases train --m-sweep-shapes none --allocator tcmalloc
 
 Models (torchvision ResNet-50, random weights, m sources, zootune defaults):
 
@@ -28,6 +29,11 @@ reported beside the interleaved one; a cell missing it is completed by a plain r
 ``benchmarks/results/speed.json`` after each cell (finished cells are skipped on a re-run;
 ``--force`` re-measures) and ``speed.md`` is rebuilt from them, followed by
 ``speed_notes.md`` (analysis written by hand).
+
+``--allocator jemalloc|tcmalloc`` runs every worker process with that malloc preloaded
+(``LD_PRELOAD``, the library found as ``zootune --allocator`` finds it); those cells are stored
+and reported apart from the default allocator's (``.../m5/tcmalloc``), each with its own plain
+baseline, so the table shows the allocator's effect on plain and Zoo-Tuning steps side by side.
 """
 
 from __future__ import annotations
@@ -58,7 +64,6 @@ TARGETS = {  # ratio to plain at the paper shape (the speed issue, item 2)
     ("infer", "exported"): 1.0,
 }
 MEM_TARGET = ("train", "zoo", 1.6)
-JEMALLOC = "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2"
 FLOPS_COUNTER = 2  # version of the FLOP counting; older records are recounted
 
 
@@ -434,8 +439,13 @@ def environment() -> dict:
 # ----------------------------------------------------------------------------------------------
 
 
-def cell_key(shape: str, phase: str, method: str, m: int, jemalloc: bool) -> str:
-    return f"{shape}/{phase}/{method}/m{m}" + ("/jemalloc" if jemalloc else "")
+def cell_key(shape: str, phase: str, method: str, m: int, allocator: str = "system") -> str:
+    return f"{shape}/{phase}/{method}/m{m}" + ("" if allocator == "system" else f"/{allocator}")
+
+
+def allocator_of(rec: dict) -> str:
+    """The malloc a cell ran with (records before ``allocator`` was recorded: a jemalloc flag)."""
+    return rec.get("allocator") or ("jemalloc" if rec.get("jemalloc") else "system")
 
 
 def run_worker(kind: str, spec: dict, env: dict) -> dict:
@@ -499,19 +509,21 @@ def write_markdown(data: dict) -> None:
         "step). FLOPs from torch's FlopCounterMode (groups-aware convolution backward).",
         "",
     ]
-    for jem in (False, True):
+    allocators = ["system"] + sorted({allocator_of(r) for r in results.values()} - {"system"})
+    for alloc_name in allocators:
         for shape, (b, s) in SHAPES.items():
-            rows = [r for r in results.values() if r["shape"] == shape and r["jemalloc"] == jem]
+            rows = [r for r in results.values() if r["shape"] == shape and allocator_of(r) == alloc_name]
             if not rows:
                 continue
-            alloc = "with jemalloc (LD_PRELOAD)" if jem else "default allocator (glibc)"
+            alloc = ("default allocator (glibc)" if alloc_name == "system"
+                     else f"with {alloc_name} (LD_PRELOAD)")
             lines += [f"## {shape} shape: batch {b}, {s}x{s} — {alloc}", "",
                       "| phase | method | m | CPU | s/step | time ratio | own process s/step | "
                       "own ratio | FLOP ratio | peak RSS GB | mem ratio | target (paper shape) | met |",
                       "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
             for r in sorted(rows, key=lambda r: (r["phase"] != "train", r["m"],
                                                  METHODS[r["phase"]].index(r["method"]))):
-                base = results.get(cell_key(shape, r["phase"], "plain", r["m"], jem))
+                base = results.get(cell_key(shape, r["phase"], "plain", r["m"], alloc_name))
                 tr = r["seconds"] / base["seconds"]
                 fr = r["flops"] / base["flops"] if r.get("flops") else float("nan")
                 mr = r["peak_rss_gb"] / base["peak_rss_gb"] if r.get("peak_rss_gb") else float("nan")
@@ -586,8 +598,11 @@ def main() -> None:
                     help="shapes at which the train step is also timed for every m in --ms")
     ap.add_argument("--reps", type=int, default=3, help="timed rounds after one warm-up round")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
-    ap.add_argument("--jemalloc", action="store_true",
-                    help=f"run the workers with LD_PRELOAD={JEMALLOC} (Debian's libjemalloc2)")
+    ap.add_argument("--allocator", default="system",
+                    help="malloc of the worker processes: system (glibc), jemalloc or tcmalloc "
+                         "(LD_PRELOAD, found as `zootune --allocator` finds it; Debian packages "
+                         "libjemalloc2, libtcmalloc-minimal4); its cells are kept apart")
+    ap.add_argument("--jemalloc", action="store_true", help=argparse.SUPPRESS)  # = --allocator jemalloc
     ap.add_argument("--force", action="store_true", help="re-measure finished cells")
     ap.add_argument("--retime", action="store_true",
                     help="re-time finished cells (keep their memory and FLOP records)")
@@ -609,10 +624,16 @@ def main() -> None:
         data["commands"].append(data["command"])
     data["environment"] = {**environment(), "threads": args.threads}
     env = dict(os.environ)
-    if args.jemalloc:
-        if not os.path.exists(JEMALLOC):
-            raise SystemExit(f"{JEMALLOC} not found: apt-get install libjemalloc2")
-        env["LD_PRELOAD"] = JEMALLOC
+    allocator = "jemalloc" if args.jemalloc else args.allocator
+    if allocator not in ("system", "jemalloc", "tcmalloc"):
+        raise SystemExit(f"--allocator must be system, jemalloc or tcmalloc, got {allocator!r}")
+    if allocator != "system":
+        from zootune.allocator import KNOWN, find_library
+
+        lib = find_library(allocator)
+        if lib is None:
+            raise SystemExit(f"{allocator} not found: apt-get install {KNOWN[allocator][1]}")
+        env["LD_PRELOAD"] = str(lib)
 
     def save():
         out.write_text(json.dumps(data, indent=1))
@@ -622,7 +643,7 @@ def main() -> None:
     phases = [p for p in args.phases.split(",") if p in METHODS]
     ms = [int(v) for v in args.ms.split(",") if v]
     for shape, phase, methods, m in cells(shapes, phases, ms, args.m_sweep_shapes.split(",")):
-        keys = {meth: cell_key(shape, phase, meth, m, args.jemalloc) for meth in methods}
+        keys = {meth: cell_key(shape, phase, meth, m, allocator) for meth in methods}
         done = all(k in data["results"] for k in keys.values())
         own_done = done and all("fresh_median" in data["results"][k] for k in keys.values())
         if own_done and not (args.force or args.retime):
@@ -633,7 +654,7 @@ def main() -> None:
             print(f"time {shape}/{phase}/m{m}: {', '.join(methods)} ...", flush=True)
             times = run_worker("time", {**spec, "methods": methods, "reps": args.reps}, env)
             for meth in methods:
-                rec = {**spec, "method": meth, "jemalloc": args.jemalloc, "cpu": cpu_name(),
+                rec = {**spec, "method": meth, "allocator": allocator, "cpu": cpu_name(),
                        "seconds": min(times[meth]), "all_seconds": times[meth]}
                 print(f"     {meth}: {rec['seconds']:.3f} s/step", flush=True)
                 data["results"].setdefault(keys[meth], {}).update(rec)

@@ -17,7 +17,7 @@ def speed(tmp_path, monkeypatch):
 
 def _rec(method: str, seconds: float, own: float, cpu: str | None, own_cpu: str | None) -> dict:
     rec = {"shape": "paper", "phase": "train", "m": 5, "threads": 2, "method": method,
-           "jemalloc": False, "seconds": seconds, "flops": 100.0, "peak_rss_gb": 5.0,
+           "seconds": seconds, "flops": 100.0, "peak_rss_gb": 5.0,
            "fresh_median": own}
     if cpu:
         rec["cpu"] = cpu
@@ -32,7 +32,7 @@ def _row(md: str, method: str) -> list[str]:
 
 
 def _report(speed, results: dict) -> str:
-    data = {"results": {speed.cell_key("paper", "train", r["method"], 5, False): r for r in results},
+    data = {"results": {speed.cell_key("paper", "train", r["method"], 5, speed.allocator_of(r)): r for r in results},
             "environment": {"machine": "x", "python": "3", "torch": "t", "zootune": "z", "threads": 2}}
     speed.write_markdown(data)
     return (speed.RESULTS / "speed.md").read_text()
@@ -52,6 +52,23 @@ def test_cells_without_a_recorded_cpu_are_labelled_so(speed):
     md = _report(speed, [_rec("plain", 10.0, 12.0, None, None), _rec("zoo", 13.0, 15.0, None, None)])
     assert "not recorded" in md
     assert _row(md, "zoo")[7] == "-"  # unknown machines are not assumed equal
+
+
+def test_allocator_cells_are_reported_apart_against_their_own_plain(speed):
+    recs = [_rec("plain", 10.0, 12.0, "Xeon", "Xeon"), _rec("zoo", 13.0, 15.0, "Xeon", "Xeon"),
+            {**_rec("plain", 8.0, 8.0, "Xeon", "Xeon"), "allocator": "tcmalloc"},
+            {**_rec("zoo", 12.0, 12.0, "Xeon", "Xeon"), "allocator": "tcmalloc"},
+            {**_rec("plain", 20.0, 20.0, "Xeon", "Xeon"), "jemalloc": True}]  # an old record
+    assert [speed.allocator_of(r) for r in recs] == ["system"] * 2 + ["tcmalloc"] * 2 + ["jemalloc"]
+    assert speed.cell_key("paper", "train", "zoo", 5, "tcmalloc") == "paper/train/zoo/m5/tcmalloc"
+    assert speed.cell_key("paper", "train", "zoo", 5) == "paper/train/zoo/m5"
+    md = _report(speed, recs)
+    sections = md.split("## paper shape")[1:]
+    assert [s.splitlines()[0] for s in sections] == [
+        ": batch 48, 224x224 — default allocator (glibc)", ": batch 48, 224x224 — with jemalloc (LD_PRELOAD)",
+        ": batch 48, 224x224 — with tcmalloc (LD_PRELOAD)"]
+    zoo_rows = [l for l in md.splitlines() if l.startswith("| train | zoo | 5 |")]
+    assert "| 1.30x |" in zoo_rows[0] and "| 1.50x |" in zoo_rows[1]  # 13/10, then 12/8
 
 
 @pytest.mark.slow
