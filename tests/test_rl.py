@@ -379,3 +379,34 @@ def test_cli_grid_dry_run_and_errors(tmp_path, capsys):
     assert "92 runs" in out and "Alien zoo_tuning_lite seed 4" in out and "Alien knowledge_flow seed 4" in out
     assert main(["rl", "tune", "Alien", "--method", "zoo_tuning", "--out", str(tmp_path / "x")]) == 2
     assert "needs source agents" in capsys.readouterr().err
+
+
+def test_a_training_run_holds_its_folder_lock_and_the_grid_skips_locked_runs(tmp_path, monkeypatch):
+    """Two grid invocations (one per free core) never train the same run: a run holds
+    ``<out>/.lock`` while it trains, and the runner skips runs whose lock is held."""
+    from zootune.atomic import exclusive_lock, is_locked
+    from zootune.rl import loop
+    from zootune.rl.grid import GridConfig, plan, run_grid
+
+    seen = {}
+
+    def fake_locked(cfg, out, *, label, progress):
+        seen["locked"] = is_locked(out / loop.LOCK_FILE)
+        return "trained"
+
+    monkeypatch.setattr(loop, "_train_agent_locked", fake_locked)
+    cfg = build_rl_config({"env": {"game": "Alien"}})
+    assert loop.train_agent(cfg, tmp_path / "run") == "trained" and seen["locked"] is True
+    assert not is_locked(tmp_path / "run" / loop.LOCK_FILE)  # released when it returns
+
+    grid = GridConfig(sources={}, targets=["Alien"], methods=["scratch"], seeds=[0, 1])
+    runs = plan(grid, tmp_path / "grid")
+    said: list[str] = []
+    for r in runs:
+        r.out.mkdir(parents=True)
+    with exclusive_lock(runs[0].out / loop.LOCK_FILE), exclusive_lock(runs[1].out / loop.LOCK_FILE):
+        counts = run_grid(grid, tmp_path / "grid", say=said.append)
+    assert counts["started"] == 0 and counts["failed"] == 0
+    assert [s for s in said if s.startswith("skip (being trained")] == [
+        "skip (being trained by another process): Alien scratch seed 0",
+        "skip (being trained by another process): Alien scratch seed 1"]

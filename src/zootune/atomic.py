@@ -72,3 +72,21 @@ def exclusive_lock(path: str | os.PathLike, on_wait: Callable[[], None] | None =
             yield
         finally:
             fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def is_locked(path: str | os.PathLike) -> bool:
+    """Whether another open file description holds :func:`exclusive_lock` on ``path`` now
+    (a missing file is unlocked). A snapshot: the holder may release it right after."""
+    import fcntl
+
+    try:
+        fh = open(path, "rb")
+    except FileNotFoundError:
+        return False
+    with fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(fh, fcntl.LOCK_UN)
+        return False

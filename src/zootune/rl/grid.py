@@ -17,7 +17,9 @@ them; each target run uses the seed-0 source of every source game), then the tar
 seed (every method's seed 0, then seed 1, ...). A run whose
 ``result.json`` exists is skipped; a run that has checkpoints resumes from them — so the
 runner can be killed at any time and started again, and ``--max-runs`` lets a long grid be
-done over several invocations. Each run is a subprocess (``python -m zootune rl run``) with
+done over several invocations. A run holds a lock on its folder while it trains
+(:func:`zootune.rl.loop.train_agent`), and the runner skips runs whose lock is held, so two
+invocations at once (one per free core) never train the same run. Each run is a subprocess (``python -m zootune rl run``) with
 ``OMP_NUM_THREADS=1``: on a 2-core machine two single-thread runs give the best throughput.
 """
 
@@ -34,6 +36,7 @@ from typing import Any
 
 from pydantic import Field, ValidationError
 
+from zootune.atomic import is_locked
 from zootune.config import ConfigError, Section, _format_validation_error, read_yaml
 from zootune.rl.config import RL_METHODS, resolve_rl_config, shipped_rl_configs
 
@@ -131,6 +134,8 @@ def run_grid(grid: GridConfig, root: str | Path, *, max_runs: int | None = None,
         for r in todo:
             say(f"  would run {r.name} -> {r.out}")
         return {"total": len(runs), "done": len(runs) - len(todo), "started": 0, "failed": 0}
+    from zootune.rl.loop import LOCK_FILE
+
     workers = workers or grid.workers
     base = str(resolve_rl_config(grid.base))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
@@ -146,6 +151,9 @@ def run_grid(grid: GridConfig, root: str | Path, *, max_runs: int | None = None,
                     say(f"FAILED ({proc.returncode}): {r.name}; see {r.out / 'run.log'}")
                 else:
                     say(f"done: {r.name}")
+        for r in [r for r in pending if is_locked(r.out / LOCK_FILE)]:
+            pending.remove(r)  # another process (e.g. a second grid invocation) trains it now
+            say(f"skip (being trained by another process): {r.name}")
         ready = [r for r in pending if all(p.is_file() for p in r.needs)]
         blocked = [r for r in pending if r not in ready]
         while ready and len(active) < workers:

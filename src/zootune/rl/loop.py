@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from zootune.atomic import atomic_write_text
+from zootune.atomic import atomic_write_text, exclusive_lock
 from zootune.config import ConfigError
 from zootune.rl.agent import agent_metadata, build_online, final_network
 from zootune.rl.c51 import c51_loss, project, support
@@ -164,11 +164,27 @@ def set_step(step: int, *nets: torch.nn.Module) -> None:
             fn(step)
 
 
+LOCK_FILE = ".lock"
+
+
 def train_agent(cfg: RLConfig, out_dir: str | Path, *, label: str = "",
                 progress: Callable[[str], None] | None = None) -> AgentResult:
-    """Train (or resume, or return at once if finished) the run ``cfg`` in ``out_dir``."""
+    """Train (or resume, or return at once if finished) the run ``cfg`` in ``out_dir``.
+
+    The run holds an exclusive lock on ``out_dir/.lock`` while it trains: a second process
+    given the same folder waits for it, then finds the run finished (or resumes it, if the
+    first was killed); the grid runner skips folders whose lock is held."""
     out = Path(out_dir)
     _check_resume(cfg, out)
+    out.mkdir(parents=True, exist_ok=True)
+    say = progress or (lambda s: None)
+    with exclusive_lock(out / LOCK_FILE,
+                        on_wait=lambda: say(f"{label}{out} is being trained by another process; waiting")):
+        return _train_agent_locked(cfg, out, label=label, progress=progress)
+
+
+def _train_agent_locked(cfg: RLConfig, out: Path, *, label: str,
+                        progress: Callable[[str], None] | None) -> AgentResult:
     res_file = out / "result.json"
     if res_file.is_file():
         prev = json.loads(res_file.read_text())
