@@ -333,8 +333,9 @@ def profile_layers(shape: str, m: int, threads: int, reps: int) -> list[dict]:
       (the pooling's backward is a broadcast into the input gradient).
 
     The convolution with the merged kernel is the plain conv's cost (``plain_ms``). Each part is
-    timed like the layers (best of ``reps`` after one warm-up), so ``align + merge + gates +
-    plain`` can be compared with the whole lite layer."""
+    timed with the layers, interleaved (every function once per round, best of ``reps`` rounds
+    after one warm-up round), so ``align + merge + gates + plain`` can be compared with the
+    whole lite layer."""
     import torch
     import torchvision
 
@@ -364,13 +365,18 @@ def profile_layers(shape: str, m: int, threads: int, reps: int) -> list[dict]:
     seen: dict[tuple, dict] = {}
     layers, lite_layers = zm.adaagg_layers(), zl.adaagg_layers()
 
-    def best_of(fn) -> float:
-        fn()  # warm-up
-        best = float("inf")
-        for _ in range(reps):
-            t0 = time.perf_counter()
+    def best_of(*fns) -> list[float]:
+        """Best time of each function over ``reps`` rounds, interleaved (every function once
+        per round, after one warm-up round of all): the first function timed on a fresh input
+        otherwise pays for its first touch (a 3x artefact on the plain conv in an earlier run)."""
+        for fn in fns:
             fn()
-            best = min(best, time.perf_counter() - t0)
+        best = [float("inf")] * len(fns)
+        for _ in range(reps):
+            for i, fn in enumerate(fns):
+                t0 = time.perf_counter()
+                fn()
+                best[i] = min(best[i], time.perf_counter() - t0)
         return best
 
     def fwd_bwd(fn):
@@ -391,13 +397,14 @@ def profile_layers(shape: str, m: int, threads: int, reps: int) -> list[dict]:
         plain = zoo[0].get_submodule(name)
         for mod in (plain, layer, lite):
             mod.train()
-        tp, tz, tl = (best_of(fwd_bwd(lambda mod=mod: mod(x))) for mod in (plain, layer, lite))
         aligned = tuple(t.detach().requires_grad_(True) if t is not None else None
                         for t in lite.aligned())
         gate = lite.gate_value().detach().requires_grad_(True)
-        t_align = best_of(fwd_bwd(lambda: lite.aligned()[0]))
-        t_merge = best_of(fwd_bwd(lambda: lite.merged(gate, aligned)[0]))
-        t_gates = best_of(fwd_bwd(lambda: lite._gates(pool_conv_input(x)).mean(0)))
+        tp, tz, tl, t_align, t_merge, t_gates = best_of(
+            *(fwd_bwd(lambda mod=mod: mod(x)) for mod in (plain, layer, lite)),
+            fwd_bwd(lambda: lite.aligned()[0]),
+            fwd_bwd(lambda: lite.merged(gate, aligned)[0]),
+            fwd_bwd(lambda: lite._gates(pool_conv_input(x)).mean(0)))
         # the kernel the layer actually ran in its timed training forwards ("auto" resolved)
         kernel_name = layer.train_kernel or layer.kernel
         seen[key] = {
