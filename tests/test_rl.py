@@ -404,8 +404,14 @@ def test_a_training_run_holds_its_folder_lock_and_the_grid_skips_locked_runs(tmp
     said: list[str] = []
     for r in runs:
         r.out.mkdir(parents=True)
-    with exclusive_lock(runs[0].out / loop.LOCK_FILE), exclusive_lock(runs[1].out / loop.LOCK_FILE):
-        counts = run_grid(grid, tmp_path / "grid", say=said.append)
+    with exclusive_lock(runs[0].out / loop.LOCK_FILE):
+        # --max-runs counts the runs this invocation starts: the busy seed 0 is passed over
+        run_grid(grid, tmp_path / "grid", max_runs=1, dry_run=True, say=said.append)
+        assert said[1:] == ["skip (being trained by another process): Alien scratch seed 0",
+                            f"  would run Alien scratch seed 1 -> {runs[1].out}"]
+        said.clear()
+        with exclusive_lock(runs[1].out / loop.LOCK_FILE):
+            counts = run_grid(grid, tmp_path / "grid", say=said.append)
     assert counts["started"] == 0 and counts["failed"] == 0
     assert [s for s in said if s.startswith("skip (being trained")] == [
         "skip (being trained by another process): Alien scratch seed 0",

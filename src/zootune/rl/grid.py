@@ -125,17 +125,21 @@ def run_grid(grid: GridConfig, root: str | Path, *, max_runs: int | None = None,
              workers: int | None = None, dry_run: bool = False,
              say: Callable[[str], None] = print) -> dict[str, Any]:
     """Run what is not finished yet (see the module docstring); returns counts."""
+    from zootune.rl.loop import LOCK_FILE
+
     runs = plan(grid, root)
     todo = [r for r in runs if not r.finished]
     say(f"grid: {len(runs)} runs, {len(runs) - len(todo)} finished, {len(todo)} to do")
-    if max_runs is not None:
+    busy = [r for r in todo if is_locked(r.out / LOCK_FILE)]
+    for r in busy:  # another process (e.g. a second grid invocation) trains it now
+        say(f"skip (being trained by another process): {r.name}")
+    todo = [r for r in todo if r not in busy]
+    if max_runs is not None:  # counts runs this invocation starts, not the busy ones
         todo = todo[:max_runs]
     if dry_run:
         for r in todo:
             say(f"  would run {r.name} -> {r.out}")
-        return {"total": len(runs), "done": len(runs) - len(todo), "started": 0, "failed": 0}
-    from zootune.rl.loop import LOCK_FILE
-
+        return {"total": len(runs), "done": sum(r.finished for r in runs), "started": 0, "failed": 0}
     workers = workers or grid.workers
     base = str(resolve_rl_config(grid.base))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
@@ -152,7 +156,7 @@ def run_grid(grid: GridConfig, root: str | Path, *, max_runs: int | None = None,
                 else:
                     say(f"done: {r.name}")
         for r in [r for r in pending if is_locked(r.out / LOCK_FILE)]:
-            pending.remove(r)  # another process (e.g. a second grid invocation) trains it now
+            pending.remove(r)  # taken by another process since this invocation started
             say(f"skip (being trained by another process): {r.name}")
         ready = [r for r in pending if all(p.is_file() for p in r.needs)]
         blocked = [r for r in pending if r not in ready]
