@@ -300,11 +300,13 @@ def memory_worker(spec: dict) -> dict:
     step = make_step(meth, models, spec["phase"], x, target)
     step()  # one step: optimizer state already exists, so its peak is the steady state's
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-    fresh = []
+    fresh, faults = [], []
     for _ in range(max(1, int(spec.get("reps", 3)))):
+        f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         t0 = time.perf_counter()
         step()
         fresh.append(time.perf_counter() - t0)
+        faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0)
     model = model_of(meth, models)
     with mode_of(meth, models):
         f1, f2 = (count_flops(model, spec["phase"], size, b) for b in (1, 2))
@@ -312,6 +314,9 @@ def memory_worker(spec: dict) -> dict:
         "peak_rss_gb": peak,
         "fresh_seconds": fresh,
         "fresh_median": statistics.median(fresh),
+        # minor page faults per step: memory the allocator handed back to the kernel and touches
+        # again (glibc's large blocks; a caching allocator keeps them) - load-independent
+        "page_faults_per_step": statistics.median(faults),
         "flops": f1 + (batch - 1) * (f2 - f1),
         "flops_counter": FLOPS_COUNTER,
         "params": sum(p.numel() for p in model.parameters()),
@@ -634,6 +639,7 @@ def main() -> None:
     allocator = "jemalloc" if args.jemalloc else args.allocator
     if allocator not in ("system", "jemalloc", "tcmalloc"):
         raise SystemExit(f"--allocator must be system, jemalloc or tcmalloc, got {allocator!r}")
+    env.pop("LD_PRELOAD", None)  # the workers run exactly the allocator asked for, not an inherited one
     if allocator != "system":
         from zootune.allocator import KNOWN, find_library
 

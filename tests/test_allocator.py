@@ -128,3 +128,54 @@ def test_reexec_with_jemalloc_when_installed():  # not on CI (it does not instal
     assert r.returncode == 2, r.stderr
     assert f"zootune: allocator jemalloc ({lib}) preloaded" in r.stderr
     assert [ln for ln in r.stderr.splitlines() if ln.startswith("in use: ")] == ["in use: system", "in use: jemalloc"]
+
+
+@linux
+def test_auto_picks_tcmalloc_when_installed_and_nothing_otherwise(tmp_path, monkeypatch):
+    monkeypatch.setattr(allocator, "in_use", lambda: "system")
+    assert plan("auto", ["zootune"], {}, dirs=[tmp_path]) is None  # nothing installed: silently glibc
+    _fake_lib(tmp_path)  # jemalloc alone: measured slower than glibc, auto never picks it
+    assert plan("auto", ["zootune"], {}, dirs=[tmp_path]) is None
+    tc = _fake_lib(tmp_path, "libtcmalloc_minimal.so.4")
+    exe, args, env = plan("auto", ["zootune", "tune", "c.yaml"], {}, executable="/py", dirs=[tmp_path],
+                          loaded=False)
+    assert args == ["/py", "tune", "c.yaml"] and env["LD_PRELOAD"] == str(tc)
+    # the re-executed process never re-executes or fails, even if the preload did not take
+    assert plan("auto", ["zootune"], {allocator.ENV_MARKER: str(tc)}, dirs=[tmp_path], loaded=False) is None
+    # a caching allocator the user preloaded is kept
+    monkeypatch.setattr(allocator, "in_use", lambda: "jemalloc")
+    assert plan("auto", ["zootune"], {}, dirs=[tmp_path], loaded=False) is None
+
+
+def test_training_commands_default_to_auto_the_others_to_system(monkeypatch, capsys):
+    seen = []
+    monkeypatch.setattr(allocator, "ensure", lambda choice, reexec=True: seen.append((choice, reexec)))
+    monkeypatch.delenv(allocator.ENV_CHOICE, raising=False)
+    main(["tune", "/nonexistent/config.yaml"])
+    main(["rl", "tune", "Alien", "--config", "/nonexistent.yaml"])
+    main(["zoo"])
+    monkeypatch.setenv(allocator.ENV_CHOICE, "system")  # the environment overrides the default
+    main(["tune", "/nonexistent/config.yaml"])
+    main(["--allocator", "tcmalloc", "zoo"])  # and the option everything
+    assert seen == [("auto", False), ("auto", False), (None, False), ("system", False), ("tcmalloc", False)]
+
+
+@linux
+def test_auto_in_process_call_is_silent_and_never_execs(monkeypatch, capsys, tmp_path):
+    _fake_lib(tmp_path, "libtcmalloc_minimal.so.4")
+    monkeypatch.setattr(allocator, "search_dirs", lambda: [tmp_path])
+    monkeypatch.setattr(os, "execve", lambda *a: pytest.fail("an in-process call must not exec"))
+    assert allocator.ensure("auto", reexec=False) is None
+
+
+@linux
+def test_reexec_with_tcmalloc_by_default_for_a_training_command():
+    lib = find_library("tcmalloc")
+    if lib is None:
+        pytest.skip("libtcmalloc-minimal4 not installed")
+    r = _run_zootune("tune", "/nonexistent/config.yaml")
+    assert r.returncode == 2, r.stderr  # the re-executed process reported the missing config
+    assert [ln for ln in r.stderr.splitlines() if ln.startswith("in use: ")] == ["in use: system", "in use: tcmalloc"]
+    assert f"zootune: allocator tcmalloc ({lib}) preloaded (auto; --allocator system to turn it off)" in r.stderr
+    r = _run_zootune("--allocator", "system", "tune", "/nonexistent/config.yaml")
+    assert [ln for ln in r.stderr.splitlines() if ln.startswith("in use: ")] == ["in use: system"]

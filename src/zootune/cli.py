@@ -13,6 +13,9 @@ import importlib
 import sys
 from typing import Sequence
 
+# commands whose steps allocate large buffers: they default to ``--allocator auto``
+TRAINING_COMMANDS = ("demo", "tune", "rl")
+
 # Order here is the order in ``zootune --help``.
 COMMAND_MODULES = (
     "demo",
@@ -41,9 +44,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--allocator", default=None, metavar="NAME",
         help=("memory allocator for this run: jemalloc, tcmalloc (Debian: libjemalloc2, "
-              "libtcmalloc-minimal4), system, or a library path; re-executes the command once with "
-              "LD_PRELOAD set (default: $ZOOTUNE_ALLOCATOR, else system). Faster CPU training, see "
-              "docs/speed.md"),
+              "libtcmalloc-minimal4), auto (tcmalloc if installed), system, or a library path; "
+              "re-executes the command once with LD_PRELOAD set (default: $ZOOTUNE_ALLOCATOR, else auto "
+              "for the training commands demo, tune and rl, system for the others). Faster CPU "
+              "training, see docs/speed.md"),
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
@@ -62,11 +66,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     import os
 
-    from zootune.allocator import ENV_CHOICE, AllocatorError, ensure
+    from zootune.allocator import AUTO, ENV_CHOICE, AllocatorError, ensure
 
     try:  # only the process's own command line is re-executed, never an in-process call
-        note = ensure(args.allocator if args.allocator is not None else os.environ.get(ENV_CHOICE),
-                      reexec=argv is None)
+        choice = args.allocator if args.allocator is not None else os.environ.get(ENV_CHOICE)
+        if choice is None and args.command in TRAINING_COMMANDS:
+            choice = AUTO
+        note = ensure(choice, reexec=argv is None)
     except AllocatorError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
