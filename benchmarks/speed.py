@@ -34,6 +34,8 @@ reported beside the interleaved one; a cell missing it is completed by a plain r
 (``LD_PRELOAD``, the library found as ``zootune --allocator`` finds it); those cells are stored
 and reported apart from the default allocator's (``.../m5/tcmalloc``), each with its own plain
 baseline, so the table shows the allocator's effect on plain and Zoo-Tuning steps side by side.
+With ``--profile-layers`` the script re-executes itself once under the allocator (the profile runs
+in this process) and stores that profile apart too (``paper/tcmalloc``).
 """
 
 from __future__ import annotations
@@ -562,9 +564,10 @@ def write_markdown(data: dict) -> None:
                     f"{fr:.2f}x | {peak} | {mr:.2f}x | {tgt} | {met} |"
                 )
             lines.append("")
-    for shape, rows in data.get("layer_profile", {}).items():
-        lines += [f"## Per-layer profile ({shape} shape): forward+backward of one aggregated conv "
-                  "vs the plain conv, same input", "",
+    for key, rows in data.get("layer_profile", {}).items():
+        shape, _, alloc = key.partition("/")
+        lines += [f"## Per-layer profile ({shape} shape{', with ' + alloc if alloc else ''}): "
+                  "forward+backward of one aggregated conv vs the plain conv, same input", "",
                   f"CPU: {', '.join(sorted({labels[r.get('cpu', UNRECORDED)] for r in rows}))}.", "",
                   "| first layer | count | input CxHxW | out | k | stride | aligned | kernel | "
                   "plain ms | zoo ms | ratio | lite ms | lite ratio | lite parts: align / merge / "
@@ -641,12 +644,17 @@ def main() -> None:
         raise SystemExit(f"--allocator must be system, jemalloc or tcmalloc, got {allocator!r}")
     env.pop("LD_PRELOAD", None)  # the workers run exactly the allocator asked for, not an inherited one
     if allocator != "system":
-        from zootune.allocator import KNOWN, find_library
+        from zootune.allocator import KNOWN, AllocatorError, ensure, find_library
 
         lib = find_library(allocator)
         if lib is None:
             raise SystemExit(f"{allocator} not found: apt-get install {KNOWN[allocator][1]}")
         env["LD_PRELOAD"] = str(lib)
+        if args.profile_layers:  # the profile runs in this process: re-execute it under the allocator
+            try:
+                ensure(allocator)
+            except AllocatorError as exc:
+                raise SystemExit(str(exc)) from exc
 
     def save():
         out.write_text(json.dumps(data, indent=1))
@@ -690,12 +698,15 @@ def main() -> None:
             rec.update(run_worker("flops", spec, env))
             save()
     if args.profile_layers:
-        for shape in shapes:
-            if shape in data["layer_profile"] and not args.force:
+        from zootune.allocator import in_use
+
+        for shape in shapes:  # keyed like the cells: "paper" (glibc), "paper/tcmalloc", ...
+            key = shape if in_use() == "system" else f"{shape}/{in_use()}"
+            if key in data["layer_profile"] and not args.force:
                 continue
-            print(f"profile layers at {shape} ...", flush=True)
-            data["layer_profile"][shape] = [{**r, "cpu": cpu_name()} for r in
-                                            profile_layers(shape, 5, args.threads, args.reps)]
+            print(f"profile layers at {key} ...", flush=True)
+            data["layer_profile"][key] = [{**r, "cpu": cpu_name()} for r in
+                                          profile_layers(shape, 5, args.threads, args.reps)]
             save()
     save()
     print((RESULTS / "speed.md").read_text())

@@ -91,3 +91,16 @@ def test_layer_profile_covers_every_aggregated_conv_with_lite_parts(speed, monke
     md = (speed.RESULTS / "speed.md").read_text()
     assert "lite's parts: alignment" in md
     assert all(f"| {r['layer']} | {r['count']} |" in md for r in rows)
+
+
+def test_layer_profiles_of_two_allocators_are_reported_apart(speed):
+    row = {"layer": "layer1.0.conv1", "count": 1, "input": [64, 56, 56], "out_channels": 64,
+           "kernel_size": [1, 1], "stride": [1, 1], "aligned": True, "kernel": "bmm",
+           "plain_ms": 10.0, "zoo_ms": 12.0, "ratio": 1.2}
+    speed.write_markdown({"results": {}, "layer_profile": {"paper": [row], "paper/tcmalloc": [{**row, "plain_ms": 5.0}]},
+                          "environment": {"machine": "x", "python": "3", "torch": "t", "zootune": "z", "threads": 2}})
+    md = (speed.RESULTS / "speed.md").read_text()
+    heads = [l for l in md.splitlines() if l.startswith("## Per-layer profile")]
+    assert [h.split(":")[0] for h in heads] == ["## Per-layer profile (paper shape)",
+                                                "## Per-layer profile (paper shape, with tcmalloc)"]
+    assert "per-sample 12 ms (1.20x)" in md and "per-sample 12 ms (2.40x)" in md
