@@ -177,10 +177,11 @@ def ensure(choice: str | None, *, reexec: bool = True) -> str | None:
     """
     argv = list(getattr(sys, "orig_argv", None) or [sys.executable, *sys.argv])
     step = plan(choice, argv)
-    auto = (choice or "").strip().lower() == AUTO
+    name = (choice or "").strip().lower()
+    auto = name == AUTO
     if step is None:
         marker = os.environ.get(ENV_MARKER)
-        if marker and (choice or "").strip().lower() not in NONE_CHOICES:
+        if marker and name not in NONE_CHOICES:
             if auto:
                 if in_use() == "system":
                     return f"zootune: allocator auto: preloading {marker} did not take; running with glibc"
