@@ -338,6 +338,55 @@ def test_acting_and_targets_do_not_feed_gate_statistics(tmp_path):
     assert calls == [False, False, True, True]
 
 
+def test_update_shares_next_obs_input_work_between_target_and_online_and_stays_exact(tmp_path, monkeypatch):
+    """learn() runs the target and the online network on next_obs inside ``input_reuse``: conv1's
+    im2col and gate pooling of next_obs are computed once, and the update equals one without it."""
+    import contextlib
+    import copy
+
+    import zootune.layers.adaagg as A
+    import zootune.layers.input_reuse as R
+    import zootune.layers.kernels as K
+    import zootune.rl.loop as L
+    from zootune.train import OptimizerStep
+
+    f1, _ = _source(tmp_path, "Seaquest", 18)
+    f2, _ = _source(tmp_path, "Riverraid", 18)
+    cfg = load_rl_config("der", ["method.name=zoo_tuning", f"method.sources=[{f1},{f2}]"])
+    assert cfg.method.kernel["conv1"] == "unfold"
+    obs = np.random.default_rng(0).integers(0, 255, (4, 84, 84), dtype=np.uint8)
+    rep = CompactReplay(200, (84, 84), n_step=3, seed=0)
+    rep.start_episode(obs[-1])
+    for t in range(40):
+        rep.add(t % 18, 1.0, False, np.roll(obs[-1], t))
+    torch.manual_seed(0)
+    net = build_online(cfg.method, 18, cfg.agent, cfg.env, 0).train()
+    runs = {}
+    for reuse in (False, True):
+        n, tgt, r = copy.deepcopy(net), copy.deepcopy(net), copy.deepcopy(rep)
+        calls = []
+        orig = R.reuse
+
+        def counting(kind, x, key, compute, calls=calls):
+            return orig(kind, x, key, lambda: (calls.append((kind, tuple(x.shape))), compute())[1])
+
+        monkeypatch.setattr(A, "reuse", counting)
+        monkeypatch.setattr(K, "reuse", counting)
+        monkeypatch.setattr(L, "input_reuse", R.input_reuse if reuse else contextlib.nullcontext)
+        torch.manual_seed(1)
+        loss = L.learn(n, tgt, r, cfg, support(51, -10, 10), 0.4,
+                       OptimizerStep(torch.optim.Adam(n.parameters())), torch.device("cpu"))
+        runs[reuse] = (loss, n.state_dict(), calls)
+    obs_shape = (32, 4, 84, 84)
+    # target(next_obs), online(next_obs) [shared when reusing], online(obs)
+    assert runs[False][2].count(("im2col", obs_shape)) == 3
+    assert runs[True][2].count(("im2col", obs_shape)) == 2
+    assert runs[True][2].count(("pool_conv", obs_shape)) == 2
+    assert torch.equal(runs[False][0], runs[True][0])
+    for k, v in runs[False][1].items():
+        assert torch.equal(v, runs[True][1][k]), k
+
+
 @pytest.mark.slow
 def test_sigkill_resume_equals_uninterrupted_run(tmp_path):
     from zootune.train.checkpoint import read_state

@@ -44,6 +44,7 @@ from torch import nn
 
 from .align import ChannelAlign
 from .gate import Gate, GateInit, GateKind, pool_conv_input, pool_linear_input
+from .input_reuse import reuse
 from .kernels import ConvSpec, PerSampleLinear, conv_kernel, per_sample
 from .temporal_ensemble import TemporalEnsemble, global_batch_mean
 
@@ -242,7 +243,7 @@ class AdaAggConv2d(AdaAggBase):
             w, b = self._cached("merged", self.merged)
             y = self._conv(self._pad(x), w.to(x.dtype), b.to(x.dtype) if b is not None else None)
         else:
-            a = self._gates(pool_conv_input(x))
+            a = self._gates(reuse("pool_conv", x, (), lambda: pool_conv_input(x)))
             xp = self._pad(x)
             if self.lite:
                 g = self._lite_train_gates(a)
@@ -297,7 +298,7 @@ class AdaAggLinear(AdaAggBase):
         if self.lite and not self.training:
             w, b = self._cached("merged", self.merged)
             return F.linear(x, w.to(x.dtype), b.to(x.dtype) if b is not None else None)
-        a = self._gates(pool_linear_input(x))
+        a = self._gates(reuse("pool_linear", x, (), lambda: pool_linear_input(x)))
         if self.lite:
             g = self._lite_train_gates(a)
             w, b = self.merged(g, self._cached("aligned", self.aligned))

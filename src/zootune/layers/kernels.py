@@ -40,6 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
+from .input_reuse import reuse
 from .workspace import scratch
 
 CONV_KERNELS = ("auto", "grouped", "loop", "unfold", "stacked")
@@ -189,9 +190,17 @@ class UnfoldConv(Kernel):
                 and s.dilation == (1, 1))
 
     def _cols(self, x, w):
+        """im2col of ``x`` as (B*g, C_in/g*kH*kW, L); computed once per input inside
+        :func:`~zootune.layers.input_reuse.input_reuse` (e.g. a target and an online network
+        reading the same batch)."""
+        s = self.spec
+        kh, kw = w.shape[-2:]
+        key = (kh, kw, tuple(s.stride), tuple(s.padding), tuple(s.dilation), s.groups)
+        return reuse("im2col", x, key, lambda: self._im2col(x, kh, kw))
+
+    def _im2col(self, x, kh, kw):
         s = self.spec
         b, g = x.shape[0], s.groups
-        kh, kw = w.shape[-2:]
         if self.non_overlapping((kh, kw)):
             ho, wo = x.shape[2] // kh, x.shape[3] // kw
             xc = x[:, :, : ho * kh, : wo * kw].reshape(b, x.shape[1], ho, kh, wo, kw)

@@ -41,6 +41,7 @@ import torch
 
 from zootune.atomic import atomic_write_text, exclusive_lock
 from zootune.config import ConfigError
+from zootune.layers.input_reuse import input_reuse
 from zootune.rl.agent import agent_metadata, build_online, final_network
 from zootune.rl.c51 import c51_loss, project, support
 from zootune.rl.config import AgentConfig, RLConfig
@@ -341,7 +342,8 @@ def learn(net: torch.nn.Module, target: torch.nn.Module, replay: CompactReplay, 
     # scaled once here: next_obs feeds both the target and the online network
     obs, next_obs = DERNetwork.scale(b.obs.to(device)), DERNetwork.scale(b.next_obs.to(device))
     actions = b.actions.to(device)
-    with torch.no_grad(), gate_tracking(net, False), gate_tracking(target, False):
+    # input_reuse: both networks read next_obs, so input-only work (im2col, gate pooling) is done once
+    with torch.no_grad(), gate_tracking(net, False), gate_tracking(target, False), input_reuse():
         reset_noise(target)
         target_logp = target(next_obs)
         if a.double_q:
