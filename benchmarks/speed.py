@@ -334,14 +334,18 @@ def profile_layers(shape: str, m: int, threads: int, reps: int) -> list[dict]:
     """Time each distinct aggregated-conv shape alone (forward + backward) against the plain conv:
     the per-sample layer, the lite layer, and lite's parts on their own (issue 15, item 2):
 
-    * ``align``: ``T_i W_i`` for the m sources and its backward (Eq. 6's alignment);
-    * ``merge``: ``sum_i abar_i (T_i W_i)`` (Eq. 5, one matrix-vector product) and its backward;
+    * ``align+merge``: ``sum_i abar_i T_i W_i`` (Eq. 5) as lite computes it in training — the
+      alignment folded into the merge (``ChannelAlign.merge``, one matrix product) — and its
+      backward;
+    * for reference, the same two steps unfolded: ``align`` (``T_i W_i`` for the m sources and
+      its backward) and ``merge`` (``sum_i abar_i (T_i W_i)``, one matrix-vector product, and its
+      backward);
     * ``gates``: pooling the layer input, the gate network and the batch mean, and their backward
       (the pooling's backward is a broadcast into the input gradient).
 
     The convolution with the merged kernel is the plain conv's cost (``plain_ms``). Each part is
     timed with the layers, interleaved (every function once per round, best of ``reps`` rounds
-    after one warm-up round), so ``align + merge + gates + plain`` can be compared with the
+    after one warm-up round), so ``align+merge + gates + plain`` can be compared with the
     whole lite layer."""
     import torch
     import torchvision
@@ -407,8 +411,9 @@ def profile_layers(shape: str, m: int, threads: int, reps: int) -> list[dict]:
         aligned = tuple(t.detach().requires_grad_(True) if t is not None else None
                         for t in lite.aligned())
         gate = lite.gate_value().detach().requires_grad_(True)
-        tp, tz, tl, t_align, t_merge, t_gates = best_of(
+        tp, tz, tl, t_folded, t_align, t_merge, t_gates = best_of(
             *(fwd_bwd(lambda mod=mod: mod(x)) for mod in (plain, layer, lite)),
+            fwd_bwd(lambda: lite.merged(gate)[0]),
             fwd_bwd(lambda: lite.aligned()[0]),
             fwd_bwd(lambda: lite.merged(gate, aligned)[0]),
             fwd_bwd(lambda: lite._gates(pool_conv_input(x)).mean(0)))
@@ -419,7 +424,8 @@ def profile_layers(shape: str, m: int, threads: int, reps: int) -> list[dict]:
             "kernel_size": list(layer.kernel_size), "stride": list(layer.stride),
             "aligned": layer.align is not None, "kernel": kernel_name,
             "plain_ms": 1e3 * tp, "zoo_ms": 1e3 * tz, "ratio": tz / tp,
-            "lite_ms": 1e3 * tl, "lite_align_ms": 1e3 * t_align, "lite_merge_ms": 1e3 * t_merge,
+            "lite_ms": 1e3 * tl, "lite_align_merge_ms": 1e3 * t_folded,
+            "lite_align_ms": 1e3 * t_align, "lite_merge_ms": 1e3 * t_merge,
             "lite_gates_ms": 1e3 * t_gates,
         }
     return list(seen.values())
@@ -570,16 +576,18 @@ def write_markdown(data: dict) -> None:
                   "forward+backward of one aggregated conv vs the plain conv, same input", "",
                   f"CPU: {', '.join(sorted({labels[r.get('cpu', UNRECORDED)] for r in rows}))}.", "",
                   "| first layer | count | input CxHxW | out | k | stride | aligned | kernel | "
-                  "plain ms | zoo ms | ratio | lite ms | lite ratio | lite parts: align / merge / "
-                  "gates ms |",
+                  "plain ms | zoo ms | ratio | lite ms | lite ratio | lite parts: align+merge "
+                  "(folded) [unfolded: align / merge] / gates ms |",
                   "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-        totals = {k: 0.0 for k in ("plain_ms", "zoo_ms", "lite_ms", "lite_align_ms",
-                                   "lite_merge_ms", "lite_gates_ms")}
+        totals = {k: 0.0 for k in ("plain_ms", "zoo_ms", "lite_ms", "lite_align_merge_ms",
+                                   "lite_align_ms", "lite_merge_ms", "lite_gates_ms")}
         for r in rows:
             lite = "| - | - | - |"
             if "lite_ms" in r:  # profiles from before lite was profiled lack these columns
+                # profiles from before the folded merge: lite ran the unfolded pair
+                folded = f"{r['lite_align_merge_ms']:.1f} " if "lite_align_merge_ms" in r else "- "
                 lite = (f"| {r['lite_ms']:.1f} | {r['lite_ms'] / r['plain_ms']:.2f}x | "
-                        f"{r['lite_align_ms']:.1f} / {r['lite_merge_ms']:.1f} / "
+                        f"{folded}[{r['lite_align_ms']:.1f} / {r['lite_merge_ms']:.1f}] / "
                         f"{r['lite_gates_ms']:.1f} |")
             lines.append(
                 f"| {r['layer']} | {r['count']} | {'x'.join(map(str, r['input']))} | "
@@ -593,9 +601,14 @@ def write_markdown(data: dict) -> None:
                    f"{t['plain_ms']:.0f} ms, per-sample {t['zoo_ms']:.0f} ms "
                    f"({t['zoo_ms'] / t['plain_ms']:.2f}x)")
         if all("lite_ms" in r for r in rows):
-            summary += (f", lite {t['lite_ms']:.0f} ms ({t['lite_ms'] / t['plain_ms']:.2f}x); "
-                        f"lite's parts: alignment {t['lite_align_ms']:.0f} ms, merge "
-                        f"{t['lite_merge_ms']:.0f} ms, gates {t['lite_gates_ms']:.0f} ms")
+            summary += f", lite {t['lite_ms']:.0f} ms ({t['lite_ms'] / t['plain_ms']:.2f}x); lite's parts: "
+            if all("lite_align_merge_ms" in r for r in rows):
+                summary += (f"alignment + merge folded {t['lite_align_merge_ms']:.0f} ms (unfolded: "
+                            f"alignment {t['lite_align_ms']:.0f} + merge {t['lite_merge_ms']:.0f} ms), ")
+            else:
+                summary += (f"alignment {t['lite_align_ms']:.0f} ms, merge "
+                            f"{t['lite_merge_ms']:.0f} ms, ")
+            summary += f"gates {t['lite_gates_ms']:.0f} ms"
         lines += ["", summary + ".", ""]
     notes = RESULTS / "speed_notes.md"
     if notes.exists():

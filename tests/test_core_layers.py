@@ -253,6 +253,59 @@ def test_lite_training_uses_batch_mean_gate_and_one_merged_kernel():
     torch.testing.assert_close(layer.gate_value(), a_mean.detach())
 
 
+@pytest.mark.parametrize("m,bias", [(3, True), (1, False), (4, False)])
+def test_folded_aligned_merge_equals_align_then_sum_with_gradients(m, bias):
+    """ChannelAlign.merge (one product [g_1 T_1 .. g_m T_m] @ [W_1; ..; W_m]) against the
+    straightforward T_i W_i per source, then the gated sum — values and every gradient."""
+    from zootune.layers.align import ChannelAlign
+
+    torch.manual_seed(m)
+    al = ChannelAlign(m, 5).double()
+    with torch.no_grad():
+        al.delta.normal_(0, 0.3)
+    w = torch.randn(m, 5, 3, 2, 2, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(m, 5, dtype=torch.float64, requires_grad=True) if bias else None
+    g = torch.rand(m, dtype=torch.float64, requires_grad=True)
+
+    def fast():
+        mw, mb = al.merge(w, g, b)
+        return (mw, mb) if bias else (mw,)
+
+    def straightforward():
+        t = al.matrices()
+        mw = sum(g[i] * torch.einsum("oc,c...->o...", t[i], w[i]) for i in range(m))
+        return (mw, sum(g[i] * t[i] @ b[i] for i in range(m))) if bias else (mw,)
+
+    inputs = [w, al.delta, g] + ([b] if bias else [])
+    outs_fast, outs_ref = fast(), straightforward()
+    for f, r in zip(outs_fast, outs_ref):
+        torch.testing.assert_close(f, r)
+    seeds = [torch.randn_like(o) for o in outs_ref]
+    grads_fast = torch.autograd.grad(outs_fast, inputs, seeds)
+    grads_ref = torch.autograd.grad(outs_ref, inputs, seeds)
+    for gf, gr in zip(grads_fast, grads_ref):
+        torch.testing.assert_close(gf, gr)
+    assert torch.autograd.gradcheck(lambda *_: fast(), inputs)
+
+
+def test_lite_training_gradients_equal_the_unfolded_merge(monkeypatch):
+    """The lite layer's training step (folded merge) gives the gradients of aligning every
+    source and then merging (the path the layer takes with autograd off)."""
+    srcs = _sources(lambda: nn.Conv2d(3, 4, 3, padding=1))
+    layer = AdaAggConv2d(srcs, kernel="grouped", align=True, lite=True, gate="sigmoid",
+                         gate_init="default", gate_hidden=None, te_momentum=0.9, recompute=True)
+    with torch.no_grad():
+        layer.align.delta.normal_(0, 0.1)
+    layer.train()
+    x = torch.randn(5, 3, 6, 6, dtype=torch.float64, requires_grad=True)
+    g_fast = _grads(layer, x, layer(x))
+    monkeypatch.setattr(type(layer), "_lite_weights", lambda self, g: self.merged(g, self.aligned()))
+    g_ref = _grads(layer, x, layer(x))
+    assert g_fast.keys() == g_ref.keys() and "align.delta" in g_ref
+    for n in g_ref:
+        torch.testing.assert_close(g_fast[n], g_ref[n], msg=f"gradient of {n}")
+
+
 def test_temporal_ensemble_math_and_no_autograd_history():
     te = TemporalEnsemble(3, momentum=0.9).double()
     prior = torch.tensor([0.2, 0.3, 0.5], dtype=torch.float64)

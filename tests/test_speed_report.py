@@ -83,13 +83,13 @@ def test_layer_profile_covers_every_aggregated_conv_with_lite_parts(speed, monke
                   if hasattr(l, "kernel_size"))
     assert sum(r["count"] for r in rows) == n_convs
     for r in rows:
-        assert all(r[k] > 0 for k in ("plain_ms", "zoo_ms", "lite_ms", "lite_align_ms",
-                                      "lite_merge_ms", "lite_gates_ms"))
+        assert all(r[k] > 0 for k in ("plain_ms", "zoo_ms", "lite_ms", "lite_align_merge_ms",
+                                      "lite_align_ms", "lite_merge_ms", "lite_gates_ms"))
     speed.write_markdown({"results": {}, "layer_profile": {"tiny": rows},
                           "environment": {"machine": "x", "python": "3", "torch": "t",
                                           "zootune": "z", "threads": 1}})
     md = (speed.RESULTS / "speed.md").read_text()
-    assert "lite's parts: alignment" in md
+    assert "lite's parts: alignment + merge folded" in md
     assert all(f"| {r['layer']} | {r['count']} |" in md for r in rows)
 
 

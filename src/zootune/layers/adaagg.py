@@ -123,6 +123,8 @@ class AdaAggBase(nn.Module):
         """``sum_i g_i T_i W_i`` and the merged bias (Eq. 5); ``gates`` default to ``abar``,
         ``aligned`` (the result of :meth:`aligned`, e.g. cached) is computed when not given."""
         g = self.gate_value() if gates is None else gates
+        if aligned is None and self.align is not None:  # one product, alignment folded in
+            return self.align.merge(self.weight, g, self.bias)
         w, b = self.aligned() if aligned is None else aligned
         m = w.shape[0]
         g = g.to(w.dtype)
@@ -172,6 +174,15 @@ class AdaAggBase(nn.Module):
         if self.track_gates:
             self.te.update(mean)
         return mean
+
+    def _lite_weights(self, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The merged weight for the batch-mean gate ``g`` in lite training: with autograd on,
+        the folded product of :meth:`ChannelAlign.merge`; with it off (an agent acting, target
+        values) the aligned weights are cached across calls and only the cheap weighted sum
+        is redone."""
+        if torch.is_grad_enabled():
+            return self.merged(g)
+        return self.merged(g, self._cached("aligned", self.aligned))
 
     def _observe(self, a: torch.Tensor) -> None:
         """Per-sample mode: feed the running mean of observed gates (training, tracking on)."""
@@ -246,9 +257,7 @@ class AdaAggConv2d(AdaAggBase):
             a = self._gates(reuse("pool_conv", x, (), lambda: pool_conv_input(x)))
             xp = self._pad(x)
             if self.lite:
-                g = self._lite_train_gates(a)
-                # autograd off (acting, targets): the aligned weights are cached like per-sample
-                w, b = self.merged(g, self._cached("aligned", self.aligned))
+                w, b = self._lite_weights(self._lite_train_gates(a))
                 y = self._conv(xp, w, b)
             else:
                 self._observe(a)
@@ -300,8 +309,7 @@ class AdaAggLinear(AdaAggBase):
             return F.linear(x, w.to(x.dtype), b.to(x.dtype) if b is not None else None)
         a = self._gates(reuse("pool_linear", x, (), lambda: pool_linear_input(x)))
         if self.lite:
-            g = self._lite_train_gates(a)
-            w, b = self.merged(g, self._cached("aligned", self.aligned))
+            w, b = self._lite_weights(self._lite_train_gates(a))
             return F.linear(x, w, b)
         self._observe(a)
         w, b = self._cached("aligned", self.aligned)

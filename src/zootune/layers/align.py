@@ -10,12 +10,19 @@ initialisation. Storing the offset means that weight decay pulls ``T_i`` towards
 (the untouched source) rather than towards zero (which would erase the source), and the
 parameter count and maths are unchanged. A bias, having the same output-channel axis, is aligned
 by the same ``T_i`` (it is the extra last column of the flattened weight).
+
+Lite mode needs only the gated sum ``sum_i g_i T_i W_i`` (Eq. 5), never the aligned weights one
+by one: :meth:`ChannelAlign.merge` computes it as one matrix product
+``[g_1 T_1 .. g_m T_m] @ [W_1; ..; W_m]`` (the alignment folded into the merge), and its
+backward as two more (:class:`AlignedMerge`) — the same FLOPs as aligning then merging, without
+writing and re-reading the ``m`` aligned weights and their gradients.
 """
 
 from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.autograd.function import once_differentiable
 
 
 class ChannelAlign(nn.Module):
@@ -42,5 +49,72 @@ class ChannelAlign(nn.Module):
         flat = w.reshape(m, c, -1)
         return torch.baddbmm(flat, self.delta, flat).view(w.shape)
 
+    def merge(
+        self, w: torch.Tensor, gates: torch.Tensor, b: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``sum_i g_i T_i w_i`` (C_out, ...) and ``sum_i g_i T_i b_i`` (C_out,) for source
+        weights ``w`` (m, C_out, ...), gates ``g`` (m,) and biases ``b`` (m, C_out) or None:
+        Eq. 5 with the alignment folded in (:class:`AlignedMerge`)."""
+        g = gates.to(w.dtype)
+        if b is None:
+            return AlignedMerge.apply(w, self.delta, g), None
+        return AlignedMerge.apply(w, self.delta, g, b)
+
     def extra_repr(self) -> str:
         return f"num_sources={self.num_sources}, channels={self.channels}"
+
+
+class AlignedMerge(torch.autograd.Function):
+    """``W = sum_i g_i (I + D_i) W_i`` (and the bias alike) as ``Tg @ Ws`` with
+    ``Tg = [g_1 T_1 .. g_m T_m]`` (C, m*C) and ``Ws`` the sources stacked (m*C, K).
+
+    Backward, with ``G`` the gradient of ``W`` (C, K) and ``G_b`` of the bias:
+    ``grad Ws = Tg^T G``; ``P = G Ws^T (+ G_b b^T)`` (C, m*C) with blocks ``P_i = G W_i^T``;
+    ``grad D_i = g_i P_i``; ``grad g_i = <G, T_i W_i> = <T_i, P_i>``; ``grad b = Tg^T G_b``.
+    """
+
+    @staticmethod
+    def forward(ctx, w, delta, g, b=None):  # type: ignore[override]
+        m, c = w.shape[:2]
+        ws = w.reshape(m * c, -1)
+        tg = AlignedMerge._tg(delta.to(w.dtype), g)
+        ctx.save_for_backward(w, delta, g, b)
+        merged = (tg @ ws).view(w.shape[1:])
+        if b is None:
+            return merged
+        return merged, tg @ b.to(w.dtype).reshape(m * c)
+
+    @staticmethod
+    def _tg(delta: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+        """``[g_1 T_1 .. g_m T_m]`` as one (C, m*C) matrix (T_i = I + D_i)."""
+        m, c = delta.shape[:2]
+        t = delta + torch.eye(c, dtype=delta.dtype, device=delta.device)
+        return (t * g.view(m, 1, 1)).transpose(0, 1).reshape(c, m * c)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, gw, gb=None):  # type: ignore[override]
+        w, delta, g, b = ctx.saved_tensors
+        m, c = w.shape[:2]
+        need_w, need_d, need_g = ctx.needs_input_grad[:3]
+        need_b = b is not None and ctx.needs_input_grad[3]
+        dt = delta.to(w.dtype)
+        ws = w.reshape(m * c, -1)
+        gw2 = gw.reshape(c, -1).to(w.dtype)
+        tg = AlignedMerge._tg(dt, g)
+        grad_w = (tg.t() @ gw2).view(w.shape) if need_w else None
+        grad_d = grad_g = None
+        if need_d or need_g:
+            p = gw2 @ ws.t()  # (C, m*C): block i = G W_i^T
+            if b is not None and gb is not None:
+                p.addr_(gb.to(w.dtype), b.to(w.dtype).reshape(m * c))
+            pm = p.view(c, m, c).transpose(0, 1)  # (m, C, C): P_i
+            if need_d:
+                grad_d = (pm * g.view(m, 1, 1)).to(delta.dtype)
+            if need_g:
+                eye = torch.eye(c, dtype=dt.dtype, device=dt.device)
+                grad_g = (pm * (dt + eye)).sum(dim=(1, 2))
+        grad_b = None
+        if need_b and gb is not None:
+            grad_b = (tg.t() @ gb.to(w.dtype)).view(m, c).to(b.dtype)
+        return (grad_w, grad_d, grad_g, grad_b)[: len(ctx.needs_input_grad)]
