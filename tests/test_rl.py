@@ -345,7 +345,7 @@ def test_update_shares_next_obs_input_work_between_target_and_online_and_stays_e
     import copy
 
     import zootune.layers.adaagg as A
-    import zootune.layers.input_reuse as R
+    import zootune.layers.shared_input as R
     import zootune.layers.kernels as K
     import zootune.rl.loop as L
     from zootune.train import OptimizerStep

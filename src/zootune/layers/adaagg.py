@@ -44,7 +44,7 @@ from torch import nn
 
 from .align import ChannelAlign
 from .gate import Gate, GateInit, GateKind, pool_conv_input, pool_linear_input
-from .input_reuse import reuse
+from .shared_input import reuse
 from .kernels import ConvSpec, PerSampleLinear, conv_kernel, per_sample
 from .temporal_ensemble import TemporalEnsemble, global_batch_mean
 

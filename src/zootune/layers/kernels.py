@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
-from .input_reuse import reuse
+from .shared_input import reuse
 from .workspace import scratch
 
 CONV_KERNELS = ("auto", "grouped", "loop", "unfold", "stacked")
@@ -191,7 +191,7 @@ class UnfoldConv(Kernel):
 
     def _cols(self, x, w):
         """im2col of ``x`` as (B*g, C_in/g*kH*kW, L); computed once per input inside
-        :func:`~zootune.layers.input_reuse.input_reuse` (e.g. a target and an online network
+        :func:`~zootune.layers.shared_input.input_reuse` (e.g. a target and an online network
         reading the same batch)."""
         s = self.spec
         kh, kw = w.shape[-2:]

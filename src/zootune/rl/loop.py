@@ -41,7 +41,7 @@ import torch
 
 from zootune.atomic import atomic_write_text, exclusive_lock
 from zootune.config import ConfigError
-from zootune.layers.input_reuse import input_reuse
+from zootune.layers.shared_input import input_reuse
 from zootune.rl.agent import agent_metadata, build_online, final_network
 from zootune.rl.c51 import c51_loss, project, support
 from zootune.rl.config import AgentConfig, RLConfig

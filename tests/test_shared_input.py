@@ -8,9 +8,9 @@ import pytest
 import torch
 from torch import nn
 
-import zootune.layers.input_reuse as R
+import zootune.layers.shared_input as R
 from zootune.layers import AdaAggConv2d
-from zootune.layers.input_reuse import input_reuse, memo_size
+from zootune.layers.shared_input import input_reuse, memo_size
 
 
 def _pair(kernel="unfold", seed=0):
