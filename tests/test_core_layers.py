@@ -223,13 +223,18 @@ def test_kaiming_gate_init_varies_between_inputs():
     assert a.std(dim=0).mean() > 0.05
 
 
-def test_lite_training_uses_batch_mean_gate_and_one_merged_kernel():
+def _lite_conv() -> AdaAggConv2d:
+    """A lite 3x3 conv layer in training mode with a non-identity alignment."""
     srcs = _sources(lambda: nn.Conv2d(3, 4, 3, padding=1))
     layer = AdaAggConv2d(srcs, kernel="grouped", align=True, lite=True, gate="sigmoid",
                          gate_init="default", gate_hidden=None, te_momentum=0.9, recompute=True)
     with torch.no_grad():
         layer.align.delta.normal_(0, 0.1)
-    layer.train()
+    return layer.train()
+
+
+def test_lite_training_uses_batch_mean_gate_and_one_merged_kernel():
+    layer = _lite_conv()
     x = torch.randn(5, 3, 6, 6, dtype=torch.float64)
     calls = []
     orig = F.conv2d
@@ -291,12 +296,7 @@ def test_folded_aligned_merge_equals_align_then_sum_with_gradients(m, bias):
 def test_lite_training_gradients_equal_the_unfolded_merge(monkeypatch):
     """The lite layer's training step (folded merge) gives the gradients of aligning every
     source and then merging (the path the layer takes with autograd off)."""
-    srcs = _sources(lambda: nn.Conv2d(3, 4, 3, padding=1))
-    layer = AdaAggConv2d(srcs, kernel="grouped", align=True, lite=True, gate="sigmoid",
-                         gate_init="default", gate_hidden=None, te_momentum=0.9, recompute=True)
-    with torch.no_grad():
-        layer.align.delta.normal_(0, 0.1)
-    layer.train()
+    layer = _lite_conv()
     x = torch.randn(5, 3, 6, 6, dtype=torch.float64, requires_grad=True)
     g_fast = _grads(layer, x, layer(x))
     monkeypatch.setattr(type(layer), "_lite_weights", lambda self, g: self.merged(g, self.aligned()))
