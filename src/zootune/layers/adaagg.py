@@ -120,8 +120,9 @@ class AdaAggBase(nn.Module):
     def merged(
         self, gates: torch.Tensor | None = None, aligned: tuple | None = None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """``sum_i g_i T_i W_i`` and the merged bias (Eq. 5); ``gates`` default to ``abar``,
-        ``aligned`` (the result of :meth:`aligned`, e.g. cached) is computed when not given."""
+        """``sum_i g_i T_i W_i`` and the merged bias (Eq. 5); ``gates`` default to ``abar``.
+        Given ``aligned`` (the result of :meth:`aligned`, e.g. cached), one weighted sum of it;
+        otherwise the alignment is folded into the merge (:meth:`ChannelAlign.merge`)."""
         g = self.gate_value() if gates is None else gates
         if aligned is None and self.align is not None:  # one product, alignment folded in
             return self.align.merge(self.weight, g, self.bias)

@@ -55,66 +55,59 @@ class ChannelAlign(nn.Module):
         """``sum_i g_i T_i w_i`` (C_out, ...) and ``sum_i g_i T_i b_i`` (C_out,) for source
         weights ``w`` (m, C_out, ...), gates ``g`` (m,) and biases ``b`` (m, C_out) or None:
         Eq. 5 with the alignment folded in (:class:`AlignedMerge`)."""
-        g = gates.to(w.dtype)
+        t, g = self.matrices().to(w.dtype), gates.to(w.dtype)
         if b is None:
-            return AlignedMerge.apply(w, self.delta, g), None
-        return AlignedMerge.apply(w, self.delta, g, b)
+            return AlignedMerge.apply(w, t, g), None
+        return AlignedMerge.apply(w, t, g, b)
 
     def extra_repr(self) -> str:
         return f"num_sources={self.num_sources}, channels={self.channels}"
 
 
 class AlignedMerge(torch.autograd.Function):
-    """``W = sum_i g_i (I + D_i) W_i`` (and the bias alike) as ``Tg @ Ws`` with
+    """``W = sum_i g_i T_i W_i`` (and the bias alike) as ``Tg @ Ws`` with
     ``Tg = [g_1 T_1 .. g_m T_m]`` (C, m*C) and ``Ws`` the sources stacked (m*C, K).
 
     Backward, with ``G`` the gradient of ``W`` (C, K) and ``G_b`` of the bias:
     ``grad Ws = Tg^T G``; ``P = G Ws^T (+ G_b b^T)`` (C, m*C) with blocks ``P_i = G W_i^T``;
-    ``grad D_i = g_i P_i``; ``grad g_i = <G, T_i W_i> = <T_i, P_i>``; ``grad b = Tg^T G_b``.
+    ``grad T_i = g_i P_i``; ``grad g_i = <G, T_i W_i> = <T_i, P_i>``; ``grad b = Tg^T G_b``.
+    (``T_i = I + D_i``: autograd carries ``grad T_i`` to ``D_i``.)
     """
 
     @staticmethod
-    def forward(ctx, w, delta, g, b=None):  # type: ignore[override]
+    def forward(ctx, w, t, g, b=None):  # type: ignore[override]
         m, c = w.shape[:2]
-        ws = w.reshape(m * c, -1)
-        tg = AlignedMerge._tg(delta.to(w.dtype), g)
-        ctx.save_for_backward(w, delta, g, b)
-        merged = (tg @ ws).view(w.shape[1:])
+        tg = AlignedMerge._tg(t, g)
+        ctx.save_for_backward(w, t, g, b)
+        merged = (tg @ w.reshape(m * c, -1)).view(w.shape[1:])
         if b is None:
             return merged
         return merged, tg @ b.to(w.dtype).reshape(m * c)
 
     @staticmethod
-    def _tg(delta: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-        """``[g_1 T_1 .. g_m T_m]`` as one (C, m*C) matrix (T_i = I + D_i)."""
-        m, c = delta.shape[:2]
-        t = delta + torch.eye(c, dtype=delta.dtype, device=delta.device)
+    def _tg(t: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+        """``[g_1 T_1 .. g_m T_m]`` as one (C, m*C) matrix."""
+        m, c = t.shape[:2]
         return (t * g.view(m, 1, 1)).transpose(0, 1).reshape(c, m * c)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, gw, gb=None):  # type: ignore[override]
-        w, delta, g, b = ctx.saved_tensors
+        w, t, g, b = ctx.saved_tensors
         m, c = w.shape[:2]
-        need_w, need_d, need_g = ctx.needs_input_grad[:3]
-        need_b = b is not None and ctx.needs_input_grad[3]
-        dt = delta.to(w.dtype)
-        ws = w.reshape(m * c, -1)
+        need_w, need_t, need_g = ctx.needs_input_grad[:3]
         gw2 = gw.reshape(c, -1).to(w.dtype)
-        tg = AlignedMerge._tg(dt, g)
+        tg = AlignedMerge._tg(t, g)
         grad_w = (tg.t() @ gw2).view(w.shape) if need_w else None
-        grad_d = grad_g = None
-        if need_d or need_g:
-            p = gw2 @ ws.t()  # (C, m*C): block i = G W_i^T
+        grad_t = grad_g = None
+        if need_t or need_g:
+            p = gw2 @ w.reshape(m * c, -1).t()  # (C, m*C): block i = G W_i^T
             if b is not None and gb is not None:
                 p.addr_(gb.to(w.dtype), b.to(w.dtype).reshape(m * c))
             pm = p.view(c, m, c).transpose(0, 1)  # (m, C, C): P_i
-            if need_d:
-                grad_d = (pm * g.view(m, 1, 1)).to(delta.dtype)
-            if need_g:
-                eye = torch.eye(c, dtype=dt.dtype, device=dt.device)
-                grad_g = (pm * (dt + eye)).sum(dim=(1, 2))
+            grad_t = pm * g.view(m, 1, 1) if need_t else None
+            grad_g = (pm * t).sum(dim=(1, 2)) if need_g else None
         grad_b = None
-        if need_b and gb is not None:
+        if b is not None and ctx.needs_input_grad[3] and gb is not None:
             grad_b = (tg.t() @ gb.to(w.dtype)).view(m, c).to(b.dtype)
-        return (grad_w, grad_d, grad_g, grad_b)[: len(ctx.needs_input_grad)]
+        return (grad_w, grad_t, grad_g, grad_b)[: len(ctx.needs_input_grad)]
