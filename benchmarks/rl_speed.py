@@ -34,7 +34,7 @@ import torch
 import zootune
 from zootune.rl.agent import agent_metadata, build_online
 from zootune.rl.c51 import support
-from zootune.rl.config import build_rl_config
+from zootune.rl.config import build_rl_config, input_channels_last
 from zootune.rl.envs import make_env
 from zootune.rl.loop import act, learn, make_optimizer
 from zootune.rl.network import DERNetwork, reset_noise
@@ -125,6 +125,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--recompute", choices=("true", "false"), default="false")
     p.add_argument("--out", default=str(Path(__file__).parent / "results" / "rl_speed"))
     p.add_argument("--no-layers", action="store_true", help="skip the per-layer kernel table")
+    p.add_argument("--other-layout", action=argparse.BooleanOptionalAction, default=True,
+                   help="also time each method with the input layout `zootune rl` does not pick for it")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     tmp = Path(tempfile.mkdtemp())
@@ -142,16 +144,22 @@ def main(argv: list[str] | None = None) -> int:
     z = support(51, -10, 10)
     obs = np.random.default_rng(1).integers(0, 255, (4, 84, 84), dtype=np.uint8)
     agents = {}
-    # rows: DER, per-sample Zoo-Tuning with each kernel, lite (kernel-independent)
-    rows = {"scratch": ("scratch", kernels[0])}
-    rows.update({("zoo_tuning" if i == 0 else f"zoo_tuning[{k}]"): ("zoo_tuning", k)
+    # rows: DER, per-sample Zoo-Tuning with each kernel, lite (kernel-independent), each in the
+    # input layout `zootune rl` picks (run.channels_last: None); with --other-layout also each
+    # method in the other layout (rows "...[nchw]" / "...[channels_last]")
+    rows = {"scratch": ("scratch", kernels[0], None)}
+    rows.update({("zoo_tuning" if i == 0 else f"zoo_tuning[{k}]"): ("zoo_tuning", k, None)
                  for i, k in enumerate(kernels)})
-    rows["zoo_tuning_lite"] = ("zoo_tuning_lite", kernels[0])
-    for row, (m, kern) in rows.items():
+    rows["zoo_tuning_lite"] = ("zoo_tuning_lite", kernels[0], None)
+    if args.other_layout:
+        for m in ("scratch", "zoo_tuning", "zoo_tuning_lite"):
+            auto = input_channels_last(build_rl_config({"method": {"name": m}}))
+            rows[f"{m}[{'nchw' if auto else 'channels_last'}]"] = (m, kernels[0], not auto)
+    for row, (m, kern, cl) in rows.items():
         method = {"name": m, "sources": srcs if m != "scratch" else [], "recompute": recompute}
         if kern != "default":
             method["kernel"] = kern
-        cfg = build_rl_config({"env": {"game": "Alien"}, "method": method})
+        cfg = build_rl_config({"env": {"game": "Alien"}, "method": method, "run": {"channels_last": cl}})
         net = build_online(cfg.method, 18, cfg.agent, cfg.env, 0).train()
         import copy
 
@@ -165,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
             t = time.perf_counter()
             for _ in range(args.steps):
                 reset_noise(net)
-                act(net, obs, z, torch.device("cpu"))
+                act(net, obs, z, torch.device("cpu"), input_channels_last(cfg))
                 learn(net, target, rep, cfg, z, 0.5, step_fn, torch.device("cpu"))
             if r:
                 times[m].append((time.perf_counter() - t) / args.steps)
@@ -174,6 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     res = {
         "machine": platform.processor() or platform.machine(), "torch": torch.__version__,
         "threads": 1, "kernels": kernels, "recompute": recompute, "rounds": args.rounds,
+        "channels_last": {r: input_channels_last(agents[r][0]) for r in rows},
         "steps_per_round": args.steps, "command": "python benchmarks/rl_speed.py " + " ".join(argv or sys.argv[1:]),
         "load_average_1_5_15": list(os.getloadavg()), "all_rounds_s": times,
         "agent_step_s_without_env": med, "env_step_s": env_s,
@@ -186,10 +195,14 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(out.with_suffix(".json"), json.dumps(res, indent=1))
-    lines = ["| method | agent steps/s | step time vs DER | est. 100k run (h) |", "|---|---|---|---|"]
-    for m in rows:
-        label = "DER" if m == "scratch" else f"zoo_tuning[{kernels[0]}]" if m == "zoo_tuning" else m
-        lines.append(f"| {label} | {res['agent_steps_per_s'][m]:.1f} | "
+    lines = ["| method | input layout | agent steps/s | step time vs DER | est. 100k run (h) |",
+             "|---|---|---|---|---|"]
+    for m, (name, kern, cl) in rows.items():
+        label = "DER" if name == "scratch" else name
+        if name == "zoo_tuning" and (m == "zoo_tuning" or m.startswith("zoo_tuning[") and cl is None):
+            label = f"zoo_tuning[{kern}]"
+        lay = ("channels-last" if res["channels_last"][m] else "NCHW") + ("" if cl is None else " (not the default)")
+        lines.append(f"| {label} | {lay} | {res['agent_steps_per_s'][m]:.1f} | "
                      f"{res['ratio_to_der'][m]:.2f}x | {res['estimated_100k_run_h'][m]:.2f} |")
     md = (f"# RL speed (one thread, per-sample kernels {', '.join(kernels)}, recompute={recompute}, "
           f"median of {args.rounds} interleaved rounds of {args.steps} steps; env step "

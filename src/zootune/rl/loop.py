@@ -44,7 +44,7 @@ from zootune.config import ConfigError
 from zootune.layers.shared_input import input_reuse
 from zootune.rl.agent import agent_metadata, build_online, final_network
 from zootune.rl.c51 import c51_loss, project, support
-from zootune.rl.config import AgentConfig, RLConfig
+from zootune.rl.config import AgentConfig, RLConfig, input_channels_last
 from zootune.rl.envs import env_state, make_env, set_env_state
 from zootune.rl.network import DERNetwork, q_values, reset_noise
 from zootune.rl.replay import CompactReplay
@@ -57,7 +57,8 @@ from zootune.train import (
 )
 
 #: keys of ``run`` that may change when a run is resumed (they do not change its trajectory)
-_RESUMABLE_CHANGES = {"steps", "threads", "tensorboard", "log_every", "eval_every", "checkpoint_every"}
+_RESUMABLE_CHANGES = {"steps", "threads", "tensorboard", "log_every", "eval_every", "checkpoint_every",
+                      "channels_last"}
 
 
 @dataclass
@@ -102,10 +103,12 @@ def _check_resume(cfg: RLConfig, out: Path) -> None:
 
 
 @torch.no_grad()
-def act(net: torch.nn.Module, obs: np.ndarray, z: torch.Tensor, device: torch.device) -> int:
+def act(net: torch.nn.Module, obs: np.ndarray, z: torch.Tensor, device: torch.device,
+        channels_last: bool = False) -> int:
     """The greedy action of ``net`` (in its current mode) for one stacked observation; never
-    feeds the gate statistics."""
+    feeds the gate statistics. ``channels_last``: the input layout (:func:`input_channels_last`)."""
     x = torch.from_numpy(np.ascontiguousarray(obs)).unsqueeze(0).to(device)
+    x = DERNetwork.scale(x, channels_last)
     with gate_tracking(net, False):
         return int(q_values(net(x), z).argmax(1).item())
 
@@ -116,6 +119,7 @@ def evaluate_agent(net: torch.nn.Module, cfg: RLConfig, episodes: int, seed: int
     ``seed`` (each episode capped at ``env.max_episode_frames``); the net's mode is restored."""
     device = torch.device(device)
     z = support(cfg.agent.atoms, cfg.agent.v_min, cfg.agent.v_max, device)
+    cl = input_channels_last(cfg)
     env = make_env(cfg.env)
     want = getattr(net, "num_actions", None)
     if want is not None and int(want) != int(env.action_space.n):
@@ -130,7 +134,7 @@ def evaluate_agent(net: torch.nn.Module, cfg: RLConfig, episodes: int, seed: int
         for _ in range(episodes):
             total, length, done = 0.0, 0, False
             while not done:
-                obs, r, term, trunc, _ = env.step(act(net, obs, z, device))
+                obs, r, term, trunc, _ = env.step(act(net, obs, z, device, cl))
                 total += float(r)
                 length += 1
                 done = term or trunc
@@ -229,6 +233,7 @@ def _train_agent_locked(cfg: RLConfig, out: Path, *, label: str,
         replay.start_episode(obs[-1])
     ex = state.extras
     z = support(a.atoms, a.v_min, a.v_max, device)
+    cl = input_channels_last(cfg)
     step_fn = OptimizerStep(opt, grad_clip=a.grad_clip, parameters=trained)
     logger = RunLogger(out, tensorboard=run.tensorboard, resume_step=state.step or None)
     meta = agent_metadata(cfg.env.game, num_actions, a, cfg.env, cfg.method.name)
@@ -262,7 +267,7 @@ def _train_agent_locked(cfg: RLConfig, out: Path, *, label: str,
             if state.step % a.update_every == 0:
                 reset_noise(net)
             set_step(state.step, net)
-            action = act(net, obs, z, device)
+            action = act(net, obs, z, device, cl)
             obs, reward, term, trunc, info = env.step(action)
             lives = int(info.get("lives", 0))
             life_lost = lives < ex["lives"]
@@ -340,7 +345,8 @@ def learn(net: torch.nn.Module, target: torch.nn.Module, replay: CompactReplay, 
     a = cfg.agent
     b = replay.sample(a.batch_size, beta)
     # scaled once here: next_obs feeds both the target and the online network
-    obs, next_obs = DERNetwork.scale(b.obs.to(device)), DERNetwork.scale(b.next_obs.to(device))
+    cl = input_channels_last(cfg)
+    obs, next_obs = DERNetwork.scale(b.obs.to(device), cl), DERNetwork.scale(b.next_obs.to(device), cl)
     actions = b.actions.to(device)
     # input_reuse: both networks read next_obs, so input-only work (im2col, gate pooling) is done once
     with torch.no_grad(), gate_tracking(net, False), gate_tracking(target, False), input_reuse():

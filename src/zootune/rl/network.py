@@ -76,9 +76,19 @@ class DERNetwork(nn.Module):
             self.fc_z_v = _linear(cfg, cfg.hidden, self.atoms)
 
     @staticmethod
-    def scale(obs: torch.Tensor) -> torch.Tensor:
-        """uint8 frames -> floats in [0, 1]; a float input is taken as already scaled."""
-        return obs.float().div_(255.0) if obs.dtype == torch.uint8 else obs
+    def scale(obs: torch.Tensor, channels_last: bool = False) -> torch.Tensor:
+        """uint8 frames -> floats in [0, 1]; a float input is taken as already scaled.
+
+        ``channels_last``: store the result NHWC (one copy from the uint8 frames). The network
+        computes the same function in either layout; which is faster depends on the convolution
+        kernels (``agent.channels_last``, :func:`zootune.rl.config.input_channels_last`)."""
+        if obs.dtype == torch.uint8:
+            if channels_last and obs.dim() == 4:
+                out = torch.empty(obs.shape, dtype=torch.float32, device=obs.device,
+                                  memory_format=torch.channels_last)
+                return out.copy_(obs).div_(255.0)
+            return obs.float().div_(255.0)
+        return obs.contiguous(memory_format=torch.channels_last) if channels_last and obs.dim() == 4 else obs
 
     def features(self, obs: torch.Tensor) -> torch.Tensor:
         return self.trunk(self.scale(obs)).flatten(1)
