@@ -62,11 +62,13 @@ def _layer(kernel: str, conv: nn.Conv2d) -> AdaAggConv2d:
 
 @pytest.mark.parametrize("kernel", ["unfold", "stacked"])
 @pytest.mark.parametrize("layout", ["nchw", "channels_last"])
-def test_non_overlapping_kernels_return_channels_last(kernel, layout):
-    """The per-patch product hands its output over channels-last (what the next such layer
-    reads fastest); an overlapping convolution keeps the usual layout."""
+def test_which_non_overlapping_paths_return_channels_last(kernel, layout):
+    """The per-patch products (stacked: any input layout; unfold: channels-last inputs) hand
+    their output over channels-last; unfold's columns on an NCHW input and overlapping
+    convolutions keep NCHW."""
     layer = _layer(kernel, nn.Conv2d(4, 6, 5, stride=5))
-    assert is_channels_last(layer(_x(layout, (2, 4, 22, 21))))
+    rows_path = kernel == "stacked" or layout == "channels_last"
+    assert is_channels_last(layer(_x(layout, (2, 4, 22, 21)))) == rows_path
     overlapping = _layer(kernel, nn.Conv2d(4, 6, 3, stride=2))
     assert not is_channels_last(overlapping(_x("nchw", (2, 4, 22, 21))))
 

@@ -106,12 +106,9 @@ class AdaAggBase(nn.Module):
         w, b = self.weight, self.bias
         if self.align is None:
             return w, b
-        if b is None:
-            return self.align(w), None
-        m, c = w.shape[:2]
-        flat = torch.cat([w.reshape(m, c, -1), b.unsqueeze(-1)], dim=-1)
-        out = self.align(flat)
-        return out[..., :-1].reshape(w.shape), out[..., -1]
+        # the bias is aligned on its own: a concatenated [W | b] would be copied in, sliced
+        # out again (a second copy) and cost a zero-filled gradient per slice in backward
+        return self.align(w), (self.align(b.unsqueeze(-1)).squeeze(-1) if b is not None else None)
 
     def gate_value(self) -> torch.Tensor:
         """``abar`` (m,): the temporal ensemble (lite) or running mean of observed gates."""

@@ -9,7 +9,7 @@ features; ``T_i`` lets the target re-order and blend them before aggregation.
 initialisation. Storing the offset means that weight decay pulls ``T_i`` towards the identity
 (the untouched source) rather than towards zero (which would erase the source), and the
 parameter count and maths are unchanged. A bias, having the same output-channel axis, is aligned
-by the same ``T_i`` (it is the extra last column of the flattened weight).
+by the same ``T_i`` (as one more column of the weight).
 
 Lite mode needs only the gated sum ``sum_i g_i T_i W_i`` (Eq. 5), never the aligned weights one
 by one: :meth:`ChannelAlign.merge` computes it as one matrix product

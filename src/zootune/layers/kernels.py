@@ -18,6 +18,13 @@ offers several exact ways to apply ``W_b`` to ``x_b``, all with the FLOPs of one
   positions (the RL network), loses for ``m = 5`` ResNet-50 convolutions
   (:class:`StackedConv`, :class:`StackedPerSample`).
 
+For a convolution whose patches do not overlap (stride = kernel size, no padding, dilation 1,
+groups 1 — the DER network's), im2col is a reordering of the input (patches.py): ``stacked``
+then runs as ONE matrix product of the patch rows with the stacked source weights
+(:class:`StackedRowsPerSample`: 0.41 vs 0.89 ms forward, 0.87 vs 1.97 ms backward for the DER's
+conv2 at batch 32 here), and ``unfold`` reads a channels-last input as patch rows; both hand
+their output over channels-last.
+
 Which of ``grouped``, ``loop``, ``unfold`` and ``stacked`` is fastest depends on the shape and
 the backend; ``auto`` times them once per layer shape and remembers the winner
 (:func:`choose_conv_kernel`).
@@ -197,19 +204,14 @@ class UnfoldConv(Kernel):
                 and s.dilation == (1, 1))
 
     def _rows(self, x, w) -> bool:
-        """A channels-last input with non-overlapping patches is read as patch rows
-        (B, L, kH*kW*C_in) in ``(kh, kw, c)`` order (patches.py), not as columns."""
-        return is_channels_last(x) and self._nhwc_out(x, w)
-
-    def _nhwc_out(self, x, w) -> bool:
-        """Non-overlapping patches, groups 1: the product is taken per patch, ``(L, K)(K, C_out)``,
-        so the output comes out channels-last (free here, and what a following layer of the
-        same kind reads fastest: patches.py)."""
+        """A channels-last input with non-overlapping patches (groups 1) is read as patch rows
+        (B, L, kH*kW*C_in) in ``(kh, kw, c)`` order (patches.py), not as columns; the product
+        is then taken per patch, ``(L, K)(K, C_out)``, and the output comes out channels-last.
+        (For an NCHW input the columns and an NCHW output measured faster in the DER step:
+        ``benchmarks/results/rl_speed.md``.)"""
         s = self.spec
-        ks = tuple(w.shape[-2:])
-        # a 1x1 kernel on an NCHW input would reorder the whole input for nothing
-        return non_overlapping(ks, s.stride, s.padding, s.dilation, s.groups) and (
-            ks != (1, 1) or is_channels_last(x))
+        return is_channels_last(x) and non_overlapping(tuple(w.shape[-2:]), s.stride, s.padding,
+                                                       s.dilation, s.groups)
 
     def _cols(self, x, w):
         """im2col of ``x`` as (B*g, C_in/g*kH*kW, L), or the patch rows (B, L, kH*kW*C_in) of a
@@ -264,11 +266,8 @@ class UnfoldConv(Kernel):
         b, g = x.shape[0], self.spec.groups
         cout = w.shape[1]
         cols = self._cols(x, w)
-        if self._nhwc_out(x, w):  # (B, L, K) @ (B, K, C_out): the output comes out channels-last
-            if self._rows(x, w):
-                y = torch.bmm(cols, weight_rows(w, True).transpose(1, 2))
-            else:
-                y = torch.bmm(cols.transpose(1, 2), w.reshape(b, cout, -1).transpose(1, 2))
+        if self._rows(x, w):  # (B, L, K) @ (B, K, C_out): the output comes out channels-last
+            y = torch.bmm(cols, weight_rows(w, True).transpose(1, 2))
             return image_from_rows(y, *self._out_hw(x, w)), cols
         y = torch.bmm(w.reshape(b * g, cout // g, -1), cols)
         return y.view(b, cout, *self._out_hw(x, w)), cols
@@ -276,8 +275,8 @@ class UnfoldConv(Kernel):
     def backward(self, x, w, gy, need_x, need_w, kept=None):
         s = self.spec
         b, g, cout = x.shape[0], s.groups, w.shape[1]
-        if self._nhwc_out(x, w):
-            return self._nhwc_backward(x, w, gy, need_x, need_w, kept)
+        if self._rows(x, w):
+            return self._rows_backward(x, w, gy, need_x, need_w, kept)
         g2 = gy.reshape(b * g, cout // g, -1)
         gw = gx = None
         if need_w:
@@ -288,23 +287,17 @@ class UnfoldConv(Kernel):
             gx = self._fold(torch.bmm(w.reshape(b * g, cout // g, -1).transpose(1, 2), g2), x, w)
         return gx, gw
 
-    def _nhwc_backward(self, x, w, gy, need_x, need_w, kept):
-        """Backward of the channels-last-output path: ``gy`` as per-patch rows (B, L, C_out)."""
-        b, cout = x.shape[0], w.shape[1]
-        rows_in = self._rows(x, w)
+    def _rows_backward(self, x, w, gy, need_x, need_w, kept):
+        """Backward of the patch-rows path: ``gy`` as per-patch rows (B, L, C_out)."""
         g2 = rows_of_image(gy)  # a view of a channels-last gradient
         gw = gx = None
         if need_w:
-            cols = self._cols(x, w) if kept is None else kept
+            rows = self._cols(x, w) if kept is None else kept
             gw = scratch("per_sample_weight_grad", tuple(w.shape), w.dtype, w.device)
-            gk = torch.bmm(g2.transpose(1, 2), cols if rows_in else cols.transpose(1, 2))
-            gw.copy_(weight_from_rows(gk, w.shape, rows_in))
+            gw.copy_(weight_from_rows(torch.bmm(g2.transpose(1, 2), rows), w.shape, True))
         if need_x:
             kh, kw = w.shape[-2:]
-            if rows_in:
-                gx = rows_to_image(torch.bmm(g2, weight_rows(w, True)), x.shape, kh, kw, True)
-            else:
-                gx = self._fold(torch.bmm(w.reshape(b, cout, -1).transpose(1, 2), g2.transpose(1, 2)), x, w)
+            gx = rows_to_image(torch.bmm(g2, weight_rows(w, True)), x.shape, kh, kw, True)
         return gx, gw
 
 
