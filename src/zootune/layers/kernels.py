@@ -459,7 +459,7 @@ class StackedPerSample(torch.autograd.Function):
         ac, wc = a.to(x.dtype), w.to(x.dtype)
         t = kernel.conv(x, kernel.stack(wc))
         y = kernel.combine(ac, t)
-        need_x, need_a = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        need_a = ctx.needs_input_grad[1]
         ctx.kernel = kernel
         ctx.dtypes = (a.dtype, w.dtype)
         ctx.keep_t = need_a and not recompute
@@ -513,9 +513,10 @@ class StackedRowsPerSample(torch.autograd.Function):
     (stride = kernel size, no padding, dilation 1, groups 1: the DER's convolutions).
 
     With ``R`` the patch rows of ``x`` (B*L, K) and ``S = [W~_1; ..; W~_m]`` the source weights
-    in the same order (m*C_out, K) (patches.py): ``t = R S^T`` is one matrix product,
-    ``y_b = sum_i a_bi t_bi`` comes out channels-last (whatever the input layout). Backward, with ``gt_bi = a_bi gy_b``:
-    ``grad S = gt^T R``, ``grad R = gt S`` (back to the image), ``grad a_bi = <gy_b, t_bi>``.
+    in the same order (m*C_out, K) (patches.py): ``t = R S^T`` is one matrix product, and
+    ``y_b = sum_i a_bi t_bi`` comes out channels-last (whatever the input layout). Backward, with
+    ``gt_bi = a_bi gy_b``: ``grad S = gt^T R``, ``grad R = gt S`` (back to the image, in the
+    input's layout), ``grad a_bi = <gy_b, t_bi>``.
     ``recompute=True`` keeps ``x, a, w`` only (``R`` is a reordering of ``x``; ``t`` is recomputed
     when the gates need a gradient); otherwise ``R`` and ``t`` are kept.
     """
