@@ -21,9 +21,9 @@ offers several exact ways to apply ``W_b`` to ``x_b``, all with the FLOPs of one
 For a convolution whose patches do not overlap (stride = kernel size, no padding, dilation 1,
 groups 1 — the DER network's), im2col is a reordering of the input (patches.py): ``stacked``
 then runs as ONE matrix product of the patch rows with the stacked source weights
-(:class:`StackedRowsPerSample`: 0.41 vs 0.89 ms forward, 0.87 vs 1.97 ms backward for the DER's
-conv2 at batch 32 here), and ``unfold`` reads a channels-last input as patch rows; both hand
-their output over channels-last.
+(:class:`StackedRowsPerSample`: the DER's conv2 at batch 32, forward + backward, 1.04x the plain
+convolution's time instead of 1.77x — the per-layer table of ``benchmarks/rl_speed.py``), and
+``unfold`` reads a channels-last input as patch rows; both hand their output over channels-last.
 
 Which of ``grouped``, ``loop``, ``unfold`` and ``stacked`` is fastest depends on the shape and
 the backend; ``auto`` times them once per layer shape and remembers the winner
@@ -47,8 +47,8 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
-from .patches import (image_from_rows, is_channels_last, non_overlapping, patch_rows, rows_of_image,
-                      rows_to_image, weight_from_rows, weight_rows)
+from .patches import (image_from_rows, is_channels_last, patch_rows, rows_of_image, rows_to_image,
+                      weight_from_rows, weight_rows)
 from .shared_input import reuse
 from .workspace import scratch
 
@@ -67,6 +67,12 @@ class ConvSpec:
     def is_pointwise(self, kernel_size: tuple[int, int]) -> bool:
         """A 1x1 convolution without padding or groups is a (strided) matrix product."""
         return kernel_size == (1, 1) and self.padding == (0, 0) and self.groups == 1
+
+    def non_overlapping(self, kernel_size: tuple[int, int]) -> bool:
+        """Stride = kernel size, no padding, dilation 1: every input pixel is read at most once,
+        so im2col is a reordering of the input (patches.py)."""
+        return (tuple(self.stride) == tuple(kernel_size) and tuple(self.padding) == (0, 0)
+                and tuple(self.dilation) == (1, 1))
 
 
 # --------------------------------------------------------------------------------------------
@@ -190,7 +196,7 @@ class UnfoldConv(Kernel):
     When the patches do not overlap (stride = kernel size, no padding, dilation 1 — e.g. the
     DER network's 5x5 stride-5 convolutions) im2col is a reshape of the (cropped) input and
     col2im its inverse, one copy each instead of ``F.unfold``/``F.fold``'s general gather and
-    scatter-add; :meth:`non_overlapping` says when, and a test keeps both paths equal.
+    scatter-add; :meth:`ConvSpec.non_overlapping` says when, and a test keeps both paths equal.
     """
 
     name = "unfold"
@@ -198,20 +204,14 @@ class UnfoldConv(Kernel):
     def __init__(self, spec: ConvSpec):
         self.spec = spec
 
-    def non_overlapping(self, kernel_size: tuple[int, int]) -> bool:
-        s = self.spec
-        return (tuple(s.stride) == tuple(kernel_size) and s.padding == (0, 0)
-                and s.dilation == (1, 1))
-
     def _rows(self, x, w) -> bool:
         """A channels-last input with non-overlapping patches (groups 1) is read as patch rows
         (B, L, kH*kW*C_in) in ``(kh, kw, c)`` order (patches.py), not as columns; the product
         is then taken per patch, ``(L, K)(K, C_out)``, and the output comes out channels-last.
         (For an NCHW input the columns and an NCHW output measured faster in the DER step:
         ``benchmarks/results/rl_speed.md``.)"""
-        s = self.spec
-        return is_channels_last(x) and non_overlapping(tuple(w.shape[-2:]), s.stride, s.padding,
-                                                       s.dilation, s.groups)
+        return (is_channels_last(x) and self.spec.groups == 1
+                and self.spec.non_overlapping(tuple(w.shape[-2:])))
 
     def _cols(self, x, w):
         """im2col of ``x`` as (B*g, C_in/g*kH*kW, L), or the patch rows (B, L, kH*kW*C_in) of a
@@ -228,7 +228,7 @@ class UnfoldConv(Kernel):
     def _im2col(self, x, kh, kw):
         s = self.spec
         b, g = x.shape[0], s.groups
-        if self.non_overlapping((kh, kw)):
+        if self.spec.non_overlapping((kh, kw)):
             ho, wo = x.shape[2] // kh, x.shape[3] // kw
             xc = x[:, :, : ho * kh, : wo * kw].reshape(b, x.shape[1], ho, kh, wo, kw)
             cols = xc.permute(0, 1, 3, 5, 2, 4).reshape(b, x.shape[1] * kh * kw, ho * wo)
@@ -241,7 +241,7 @@ class UnfoldConv(Kernel):
         s = self.spec
         b, c, h, wd = x.shape
         kh, kw = w.shape[-2:]
-        if self.non_overlapping((kh, kw)):
+        if self.spec.non_overlapping((kh, kw)):
             ho, wo = h // kh, wd // kw
             patches = gcols.view(b, c, kh, kw, ho, wo).permute(0, 1, 4, 2, 5, 3)
             if ho * kh == h and wo * kw == wd:
@@ -398,10 +398,9 @@ class StackedConv:
     def rows(self, x: torch.Tensor, w: torch.Tensor) -> bool:
         """Whether :class:`StackedRowsPerSample` serves ``x``: patches that do not overlap, so
         one matrix product replaces the convolution (patches.py)."""
-        s = self.spec
         ks = tuple(w.shape[-2:])
         # a 1x1 kernel on an NCHW input would reorder the whole input for nothing
-        return non_overlapping(ks, s.stride, s.padding, s.dilation, s.groups) and (
+        return self.spec.groups == 1 and self.spec.non_overlapping(ks) and (
             ks != (1, 1) or is_channels_last(x))
 
     # pieces ----------------------------------------------------------------------------------

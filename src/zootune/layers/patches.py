@@ -1,17 +1,17 @@
-"""Non-overlapping patches of a channels-last feature map as the rows of a matrix, and back.
+"""Non-overlapping patches of a feature map as the rows of a matrix, and back.
 
 A convolution whose stride equals its kernel size, without padding or dilation (both
 convolutions of the DER network: 5x5, stride 5), reads every input pixel at most once: im2col
-is a reordering of the input, not a gather with repeats. For a channels-last (NHWC) input the
-natural order of a patch is ``(kh, kw, c)``, and the reordering moves runs of ``kw * C``
-contiguous numbers (the whole patch row): on this CPU 0.05 ms for the DER's conv2 input at batch
-32, against 0.27 ms for the ``(c, kh, kw)`` columns of an NCHW input (``benchmarks/results/
-rl_speed.md``). The convolution is then one matrix product with the weight in the same
-``(kh, kw, c)`` order, and its output comes out channels-last, ready for the next such layer.
+is a reordering of the input, not a gather with repeats, and the convolution is one matrix
+product of the patch rows with the weight in the same order; its output comes out per patch,
+i.e. channels-last. For a channels-last (NHWC) input the natural order of a patch is
+``(kh, kw, c)`` and the reordering moves runs of ``kw * C`` contiguous numbers (the whole patch
+row); for an NCHW input it is ``(c, kh, kw)`` with runs of ``kw``. (An ad-hoc timing of the DER's
+conv2 input at batch 32 here: 0.05 vs 0.27 ms.)
 
 Used by the ``unfold`` kernel (per-sample weights, a batched product) and the ``stacked``
-kernel (source weights stacked, one product) of :mod:`.kernels` whenever the input is
-channels-last and the patches do not overlap; :func:`rows_apply` says when.
+kernel (source weights stacked, one product) of :mod:`.kernels` when the patches do not overlap
+(``ConvSpec.non_overlapping``).
 """
 
 from __future__ import annotations
@@ -22,14 +22,6 @@ import torch
 def is_channels_last(x: torch.Tensor) -> bool:
     """``x`` (B, C, H, W) is stored NHWC and not also NCHW (``C > 1``, not a 1x1 map)."""
     return x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
-
-
-def non_overlapping(kernel_size: tuple[int, int], stride: tuple[int, int], padding: tuple[int, int],
-                    dilation: tuple[int, int], groups: int) -> bool:
-    """Whether the patch-rows path serves this convolution (stride = kernel size, no padding,
-    dilation 1, groups 1)."""
-    return (groups == 1 and tuple(stride) == tuple(kernel_size) and tuple(padding) == (0, 0)
-            and tuple(dilation) == (1, 1))
 
 
 def patch_rows(x: torch.Tensor, kh: int, kw: int) -> torch.Tensor:
@@ -98,5 +90,5 @@ def rows_of_image(y: torch.Tensor) -> torch.Tensor:
     return y.permute(0, 2, 3, 1).reshape(b, -1, c)
 
 
-__all__ = ["image_from_rows", "is_channels_last", "non_overlapping", "patch_rows", "rows_of_image",
-           "rows_to_image", "weight_from_rows", "weight_rows"]
+__all__ = ["image_from_rows", "is_channels_last", "patch_rows", "rows_of_image", "rows_to_image",
+           "weight_from_rows", "weight_rows"]

@@ -185,8 +185,8 @@ def input_channels_last(cfg: RLConfig) -> bool:
     """Whether the run feeds its networks channels-last observations (``run.channels_last``,
     or by method when it is ``None``): every method but per-sample ``zoo_tuning`` — its
     per-sample kernels read NCHW observations faster, while the plain convolutions of the others
-    (oneDNN) run faster channels-last, DER's conv1 weight gradient most (0.5 vs 1.9 ms at batch
-    32 here; benchmarks/results/rl_speed.md)."""
+    (oneDNN) run faster channels-last. ``benchmarks/rl_speed.py`` times every method in both
+    layouts (``benchmarks/results/rl_speed.md``)."""
     if cfg.run.channels_last is not None:
         return cfg.run.channels_last
     return cfg.method.name != "zoo_tuning"

@@ -81,7 +81,7 @@ class DERNetwork(nn.Module):
 
         ``channels_last``: store the result NHWC (one copy from the uint8 frames). The network
         computes the same function in either layout; which is faster depends on the convolution
-        kernels (``agent.channels_last``, :func:`zootune.rl.config.input_channels_last`)."""
+        kernels (``run.channels_last``, :func:`zootune.rl.config.input_channels_last`)."""
         if obs.dtype == torch.uint8:
             if channels_last and obs.dim() == 4:
                 out = torch.empty(obs.shape, dtype=torch.float32, device=obs.device,
