@@ -299,6 +299,73 @@ def test_folded_aligned_merge_equals_align_then_sum_with_gradients(m, bias):
     assert torch.autograd.gradcheck(lambda *_: fast(), inputs)
 
 
+@pytest.mark.parametrize("m,bias", [(3, True), (2, False)])
+def test_aligned_sources_node_equals_per_source_products_with_gradients(m, bias):
+    """ChannelAlign.sources (one autograd node, AlignedSources) against T_i W_i and T_i b_i
+    source by source — values and every gradient; given precomputed values it returns them
+    and adds the same backward."""
+    from zootune.layers.align import ChannelAlign
+
+    torch.manual_seed(m)
+    al = ChannelAlign(m, 5).double()
+    with torch.no_grad():
+        al.delta.normal_(0, 0.3)
+    w = torch.randn(m, 5, 3, 2, 2, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(m, 5, dtype=torch.float64, requires_grad=True) if bias else None
+    t = al.matrices()
+    ref = (torch.einsum("moc,mc...->mo...", t, w),) + ((torch.einsum("moc,mc->mo", t, b),) if bias else ())
+    inputs = [w, al.delta] + ([b] if bias else [])
+    seeds = [torch.randn_like(r) for r in ref]
+    grads_ref = torch.autograd.grad(ref, inputs, seeds)
+    with torch.no_grad():
+        cached = al.sources(w, b)
+    for values in (None, cached):
+        out = al.sources(w, b, values)
+        out = out if bias else out[:1]
+        for o, r in zip(out, ref):
+            torch.testing.assert_close(o, r)
+        for gf, gr in zip(torch.autograd.grad(out, inputs, seeds), grads_ref):
+            torch.testing.assert_close(gf, gr)
+    assert torch.autograd.gradcheck(lambda *_: al.sources(w, b)[: 2 if bias else 1], inputs)
+
+
+def test_training_forward_reuses_current_aligned_values_only():
+    """A per-sample training forward after a forward without autograd (an agent acting) takes
+    the aligned weights from that cache: the same outputs and gradients as computing them
+    (exact), and a parameter changed in place in between is noticed (no stale values). Gate
+    statistics (``te``) do not invalidate the aligned cache."""
+    srcs = _sources(lambda: nn.Conv2d(3, 4, 3, padding=1))
+    layer = AdaAggConv2d(srcs, kernel="unfold", align=True, lite=False, gate="normalized",
+                         gate_init="default", gate_hidden=None, te_momentum=0.9, recompute=True)
+    with torch.no_grad():
+        layer.align.delta.normal_(0, 0.2)
+    fresh = copy.deepcopy(layer)
+    x = torch.randn(4, 3, 6, 6, dtype=torch.float64, requires_grad=True)
+
+    def act():  # a forward without autograd or gate statistics: fills the aligned cache
+        layer.track_gates = False
+        with torch.no_grad():
+            layer(x[:1].detach())
+        layer.track_gates = True
+
+    act()
+    key = layer._cache_key
+    y = layer(x)  # training forward: updates te, reuses the cache
+    assert layer._cache_key == key and int(layer.te.steps) == 1
+    torch.testing.assert_close(y, fresh(x), rtol=0, atol=0)
+    torch.testing.assert_close(_grads(layer, x, y), _grads(fresh, x, fresh(x)), rtol=0, atol=0)
+    with torch.no_grad():
+        layer._cache[0].add_(1.0)  # poison the cache: a reusing training forward shows it
+    assert not torch.equal(layer(x), fresh(x))
+    layer._forget_cache()
+    act()
+    with torch.no_grad():
+        for p, q in ((layer.align.delta, fresh.align.delta), (layer.weight, fresh.weight)):
+            p.add_(0.05)  # an optimizer step in place: the cache is stale from here
+            q.add_(0.05)
+    torch.testing.assert_close(layer(x), fresh(x), rtol=0, atol=0)
+
+
 def test_lite_training_gradients_equal_the_unfolded_merge(monkeypatch):
     """The lite layer's training step (folded merge) gives the gradients of aligning every
     source and then merging (the path the layer takes with autograd off)."""

@@ -106,9 +106,22 @@ class AdaAggBase(nn.Module):
         w, b = self.weight, self.bias
         if self.align is None:
             return w, b
-        # the bias is aligned on its own: a concatenated [W | b] would be copied in, sliced
-        # out again (a second copy) and cost a zero-filled gradient per slice in backward
-        return self.align(w), (self.align(b.unsqueeze(-1)).squeeze(-1) if b is not None else None)
+        # one node for both (AlignedSources); the bias is aligned on its own: a concatenated
+        # [W | b] would be copied in and sliced out again, in forward and backward
+        return self.align.sources(w, b)
+
+    def _aligned_for_forward(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """:meth:`aligned` for a per-sample forward: cached while autograd is off; with it on,
+        the cached values are reused when they are current (an agent that acted since its last
+        update) and only the alignment's backward is added, so it is computed once a step."""
+        if not torch.is_grad_enabled() or torch.compiler.is_compiling():
+            return self._cached("aligned", self.aligned)
+        if self.align is None:
+            return self.weight, self.bias
+        values = self._cache if self._cache_key == self._key("aligned") else None
+        if values is not None and values[0].is_inference():  # made under inference_mode:
+            values = None  # autograd cannot save such tensors for backward
+        return self.align.sources(self.weight, self.bias, values)
 
     def gate_value(self) -> torch.Tensor:
         """``abar`` (m,): the temporal ensemble (lite) or running mean of observed gates."""
@@ -139,12 +152,22 @@ class AdaAggBase(nn.Module):
         convolutions unless the batch is tiny)."""
         if torch.is_grad_enabled() or torch.compiler.is_compiling():
             return fn()
-        tensors = [p for p in self.parameters(recurse=True)] + [self.te.accumulator, self.te.steps]
-        key = (kind,) + tuple((t.data_ptr(), t._version) for t in tensors)
+        key = self._key(kind)
         if self._cache_key != key:
             self._cache = fn()
             self._cache_key = key
         return self._cache
+
+    def _key(self, kind: str) -> tuple:
+        """What a cached result depends on, by storage and in-place version: the aligned
+        weights on the source weights, biases and alignment; anything else (the merged kernel)
+        on every parameter and the ensemble."""
+        if kind == "aligned":
+            tensors = [t for t in (self.weight, self.bias) if t is not None]
+            tensors += list(self.align.parameters()) if self.align is not None else []
+        else:
+            tensors = [p for p in self.parameters(recurse=True)] + [self.te.accumulator, self.te.steps]
+        return (kind,) + tuple((t.data_ptr(), t._version) for t in tensors)
 
     def _forget_cache(self) -> None:
         self._cache_key = None
@@ -259,7 +282,7 @@ class AdaAggConv2d(AdaAggBase):
                 y = self._conv(xp, w, b)
             else:
                 self._observe(a)
-                w, b = self._cached("aligned", self.aligned)
+                w, b = self._aligned_for_forward()
                 if x.shape[0] == 1 and not torch.is_grad_enabled():
                     # one sample (an agent acting): its weight sum_i a_0i T_i W_i is one ordinary
                     # kernel, so a plain convolution replaces the per-sample machinery
@@ -310,7 +333,7 @@ class AdaAggLinear(AdaAggBase):
             w, b = self._lite_weights(self._lite_train_gates(a))
             return F.linear(x, w, b)
         self._observe(a)
-        w, b = self._cached("aligned", self.aligned)
+        w, b = self._aligned_for_forward()
         bsz = x.shape[0]
         x3 = x.reshape(bsz, -1, self.in_features)
         y = per_sample(x3, a, w, PerSampleLinear(), self.recompute)

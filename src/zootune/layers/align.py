@@ -45,9 +45,18 @@ class ChannelAlign(nn.Module):
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
         """``w`` (m, C_out, *) -> ``T_i w_i`` for every source, same shape."""
-        m, c = w.shape[:2]
-        flat = w.reshape(m, c, -1)
-        return torch.baddbmm(flat, self.delta, flat).view(w.shape)
+        return AlignedSources.apply(w, self.delta, None, None)
+
+    def sources(
+        self, w: torch.Tensor, b: torch.Tensor | None = None, values: tuple | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(T_i w_i, T_i b_i)`` for source weights ``w`` (m, C_out, ...) and biases ``b``
+        (m, C_out) or None, as one autograd node (:class:`AlignedSources`). ``values``: these
+        very results, computed earlier from the same parameters without autograd (a cache);
+        they are returned as they are and only the backward is added."""
+        if b is None:
+            return AlignedSources.apply(w, self.delta, None, values), None
+        return AlignedSources.apply(w, self.delta, b, values)
 
     def merge(
         self, w: torch.Tensor, gates: torch.Tensor, b: torch.Tensor | None = None
@@ -111,3 +120,49 @@ class AlignedMerge(torch.autograd.Function):
         if b is not None and ctx.needs_input_grad[3] and gb is not None:
             grad_b = (tg.t() @ gb.to(w.dtype)).view(m, c).to(b.dtype)
         return (grad_w, grad_t, grad_g, grad_b)[: len(ctx.needs_input_grad)]
+
+
+class AlignedSources(torch.autograd.Function):
+    """``A_i = W_i + D_i W_i`` and ``a_i = b_i + D_i b_i`` for every source (``T_i = I + D_i``).
+
+    Backward, with ``G_i``, ``g_i`` the gradients of ``A_i``, ``a_i``: ``grad W_i = T_i^T G_i``,
+    ``grad b_i = T_i^T g_i``, ``grad D_i = G_i W_i^T + g_i b_i^T``. One node instead of two
+    ``baddbmm`` nodes and their views. Given ``values`` (the results, computed earlier from the
+    same tensors), the forward computes nothing: an RL agent aligns once per update when it
+    acts and its training forward reuses that (``AdaAggBase._aligned_for_forward``).
+    """
+
+    @staticmethod
+    def forward(ctx, w, delta, b=None, values=None):  # type: ignore[override]
+        m, c = w.shape[:2]
+        ctx.save_for_backward(w, delta, b)
+        ctx.has_bias = b is not None
+        if values is not None:  # fresh tensor objects: autograd attaches this node to them
+            aw, ab = values[0].detach(), (values[1].detach() if b is not None else None)
+        else:
+            flat = w.reshape(m, c, -1)
+            aw = torch.baddbmm(flat, delta, flat).view(w.shape)
+            ab = None
+            if b is not None:
+                b3 = b.unsqueeze(-1)
+                ab = torch.baddbmm(b3, delta, b3).squeeze(-1)
+        return (aw, ab) if b is not None else aw
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, gw, gb=None):  # type: ignore[override]
+        w, delta, b = ctx.saved_tensors
+        m, c = w.shape[:2]
+        need_w, need_d, need_b = ctx.needs_input_grad[:3]
+        g = gw.reshape(m, c, -1)
+        dt = delta.transpose(1, 2)
+        grad_w = torch.baddbmm(g, dt, g).view(w.shape) if need_w else None
+        grad_d = torch.bmm(g, w.reshape(m, c, -1).transpose(1, 2)) if need_d else None
+        grad_b = None
+        if ctx.has_bias and gb is not None:
+            g3 = gb.unsqueeze(-1)
+            if need_d:
+                grad_d.baddbmm_(g3, b.unsqueeze(1))
+            if need_b:
+                grad_b = torch.baddbmm(g3, dt, g3).squeeze(-1)
+        return grad_w, grad_d, grad_b, None
