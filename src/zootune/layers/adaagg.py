@@ -162,12 +162,12 @@ class AdaAggBase(nn.Module):
         """What a cached result depends on, by storage and in-place version: the aligned
         weights on the source weights, biases and alignment; anything else (the merged kernel)
         on every parameter and the ensemble."""
-        if kind == "aligned":
-            tensors = [t for t in (self.weight, self.bias) if t is not None]
-            tensors += list(self.align.parameters()) if self.align is not None else []
+        if kind == "aligned":  # read directly: this key is built on every per-sample forward
+            align = self.align
+            tensors = (self.weight, self.bias, align.delta if align is not None else None)
         else:
             tensors = [p for p in self.parameters(recurse=True)] + [self.te.accumulator, self.te.steps]
-        return (kind,) + tuple((t.data_ptr(), t._version) for t in tensors)
+        return (kind,) + tuple((t.data_ptr(), t._version) for t in tensors if t is not None)
 
     def _forget_cache(self) -> None:
         self._cache_key = None
@@ -295,7 +295,7 @@ class AdaAggConv2d(AdaAggBase):
                     self.train_kernel = kern.name  # what "auto" picked for training (a plan entry)
                 y = per_sample(xp, a, w, kern, self.recompute)
                 if b is not None:
-                    y = y + (a.to(b.dtype) @ b).to(y.dtype)[:, :, None, None]
+                    y = y + (a.to(b.dtype) @ b).to(y.dtype).view(a.shape[0], -1, 1, 1)
         return y.squeeze(0) if unbatched else y
 
     def extra_repr(self) -> str:
