@@ -36,25 +36,36 @@ def count_flops(model: nn.Module, example: torch.Tensor, train: bool = False) ->
     gate statistics: it runs under :func:`zootune.batchnorm.frozen_statistics`, so the model's
     state is left untouched. Per-sample Zoo-Tuning convolutions are counted with the ``grouped``
     kernel (exactly one ordinary convolution's multiply-adds per sample, the algorithm's cost),
-    whichever kernel a run times fastest: the count must not depend on a timing.
+    whichever kernel a run times fastest: the count must not depend on a timing. Nor on what an
+    earlier forward cached: in training mode the channel alignment ``T_i W_i`` (new parameters
+    every step) is counted once per forward; at inference the aligned (or lite: merged) weights
+    are data-independent, computed once before the counted forward and not counted.
     """
     from torch.utils.flop_counter import FlopCounterMode
 
     from zootune.batchnorm import frozen_statistics
-    from zootune.layers import AdaAggConv2d
+    from zootune.layers import AdaAggBase, AdaAggConv2d
 
     was = model.training
     convs = [(m, m.kernel) for m in model.modules() if isinstance(m, AdaAggConv2d)]
+    layers = [m for m in model.modules() if isinstance(m, AdaAggBase)]
     try:
         model.train(train)
         for m, _ in convs:
             m.kernel = "grouped"
+        for m in layers:  # count what this forward computes, not what an earlier one cached
+            m._forget_cache()
+            if not train:  # at inference the data-independent weights are computed once
+                with torch.no_grad():  # beforehand, not per batch (paper §3.4): not counted
+                    m._cached("merged", m.merged) if m.lite else m._cached("aligned", m.aligned)
         with torch.no_grad(), frozen_statistics(model), FlopCounterMode(display=False) as fc:
             model(example)
         return int(fc.get_total_flops())
     finally:
         for m, kernel in convs:
             m.kernel = kernel
+        for m in layers:
+            m._forget_cache()
         model.train(was)
 
 

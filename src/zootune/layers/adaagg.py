@@ -119,8 +119,9 @@ class AdaAggBase(nn.Module):
         if self.align is None:
             return self.weight, self.bias
         values = self._cache if self._cache_key == self._key("aligned") else None
-        if values is not None and values[0].is_inference():  # made under inference_mode:
-            values = None  # autograd cannot save such tensors for backward
+        if values is not None and (values[0].is_inference()  # autograd cannot save those
+                                   or torch.is_autocast_enabled(self.weight.device.type)):
+            values = None  # (and under autocast the forward computes in another dtype)
         return self.align.sources(self.weight, self.bias, values)
 
     def gate_value(self) -> torch.Tensor:

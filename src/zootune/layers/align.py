@@ -154,15 +154,17 @@ class AlignedSources(torch.autograd.Function):
         w, delta, b = ctx.saved_tensors
         m, c = w.shape[:2]
         need_w, need_d, need_b = ctx.needs_input_grad[:3]
-        g = gw.reshape(m, c, -1)
-        dt = delta.transpose(1, 2)
+        g = gw.reshape(m, c, -1).to(w.dtype)  # under autocast the gradient comes in its dtype
+        dt = delta.transpose(1, 2).to(w.dtype)
         grad_w = torch.baddbmm(g, dt, g).view(w.shape) if need_w else None
         grad_d = torch.bmm(g, w.reshape(m, c, -1).transpose(1, 2)) if need_d else None
         grad_b = None
         if ctx.has_bias and gb is not None:
-            g3 = gb.unsqueeze(-1)
+            g3 = gb.unsqueeze(-1).to(w.dtype)
             if need_d:
-                grad_d.baddbmm_(g3, b.unsqueeze(1))
+                grad_d.baddbmm_(g3, b.unsqueeze(1).to(w.dtype))
             if need_b:
-                grad_b = torch.baddbmm(g3, dt, g3).squeeze(-1)
+                grad_b = torch.baddbmm(g3, dt, g3).squeeze(-1).to(b.dtype)
+        if grad_d is not None:
+            grad_d = grad_d.to(delta.dtype)
         return grad_w, grad_d, grad_b, None
