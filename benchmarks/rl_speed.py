@@ -11,6 +11,7 @@ their weights). Writes ``benchmarks/results/rl_speed.json`` and ``.md``.
     nice -n 10 python benchmarks/rl_speed.py            # ~3 min on one core
     python benchmarks/rl_speed.py --rounds 3 --steps 50  # quicker, noisier
     python benchmarks/rl_speed.py --kernels stacked,unfold,grouped   # per-sample kernels side by side
+    python benchmarks/rl_speed.py --rounds 10 --flush-denormal   # steady baseline (see the notes)
 
 ``--kernels``: the per-sample conv kernels timed for ``zoo_tuning`` (each its own agent, all in the
 same interleaved rounds; the first is the headline row; ``default`` is the config's per-layer
@@ -127,8 +128,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-layers", action="store_true", help="skip the per-layer kernel table")
     p.add_argument("--other-layout", action=argparse.BooleanOptionalAction, default=True,
                    help="also time each method with the input layout `zootune rl` does not pick for it")
+    p.add_argument("--flush-denormal", action="store_true",
+                   help="torch.set_flush_denormal(True) for every method: tiny values in DER's Adam "
+                        "state and gradients otherwise slow DER (and lite) for stretches of a run")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
+    torch.set_flush_denormal(args.flush_denormal)
     tmp = Path(tempfile.mkdtemp())
     kernels = [k for k in args.kernels.split(",") if k]
     recompute = args.recompute == "true"
@@ -182,12 +187,17 @@ def main(argv: list[str] | None = None) -> int:
     res = {
         "machine": platform.processor() or platform.machine(), "torch": torch.__version__,
         "threads": 1, "kernels": kernels, "recompute": recompute, "rounds": args.rounds,
+        "flush_denormal": args.flush_denormal,
         "channels_last": {r: input_channels_last(agents[r][0]) for r in rows},
         "steps_per_round": args.steps, "command": "python benchmarks/rl_speed.py " + " ".join(argv or sys.argv[1:]),
         "load_average_1_5_15": list(os.getloadavg()), "all_rounds_s": times,
         "agent_step_s_without_env": med, "env_step_s": env_s,
         "agent_steps_per_s": {m: 1.0 / (v + env_s) for m, v in med.items()},
         "ratio_to_der": {m: (v + env_s) / (med["scratch"] + env_s) for m, v in med.items()},
+        # paired: each round's ratio (the methods of one round ran back to back), then the median;
+        # less sensitive to the machine's speed drifting between rounds than the ratio of medians
+        "ratio_to_der_paired": {m: float(np.median((np.array(v) + env_s) / (np.array(times["scratch"]) + env_s)))
+                                for m, v in times.items()},
         "estimated_100k_run_h": {m: 100_000 * (v + env_s) / 3600 for m, v in med.items()},
     }
     if not args.no_layers:
@@ -195,18 +205,21 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(out.with_suffix(".json"), json.dumps(res, indent=1))
-    lines = ["| method | input layout | agent steps/s | step time vs DER | est. 100k run (h) |",
-             "|---|---|---|---|---|"]
+    lines = ["| method | input layout | agent steps/s | step time vs DER | paired rounds vs DER | est. 100k run (h) |",
+             "|---|---|---|---|---|---|"]
     for m, (name, kern, cl) in rows.items():
         label = "DER" if name == "scratch" else name
         if name == "zoo_tuning" and cl is None:  # the kernel rows, in the default layout
             label = f"zoo_tuning[{kern}]"
         lay = ("channels-last" if res["channels_last"][m] else "NCHW") + ("" if cl is None else " (not the default)")
         lines.append(f"| {label} | {lay} | {res['agent_steps_per_s'][m]:.1f} | "
-                     f"{res['ratio_to_der'][m]:.2f}x | {res['estimated_100k_run_h'][m]:.2f} |")
+                     f"{res['ratio_to_der'][m]:.2f}x | {res['ratio_to_der_paired'][m]:.2f}x | "
+                     f"{res['estimated_100k_run_h'][m]:.2f} |")
     md = (f"# RL speed (one thread, per-sample kernels {', '.join(kernels)}, recompute={recompute}, "
           f"median of {args.rounds} interleaved rounds of {args.steps} steps; env step "
-          f"{env_s * 1e3:.2f} ms included)\n\n`{res['command']}`; load average at the end "
+          f"{env_s * 1e3:.2f} ms included; \"step time vs DER\": ratio of the medians, \"paired rounds\": "
+          f"median of each round's ratio{'; denormals flushed' if args.flush_denormal else ''})\n\n"
+          f"`{res['command']}`; load average at the end "
           f"{', '.join(f'{v:.1f}' for v in res['load_average_1_5_15'])} (2 cores)\n\n"
           + "\n".join(lines) + "\n")
     if res.get("layers"):
