@@ -264,10 +264,9 @@ def test_lite_training_uses_batch_mean_gate_and_one_merged_kernel():
     torch.testing.assert_close(layer.gate_value(), a_mean.detach())
 
 
-@pytest.mark.parametrize("m,bias", [(3, True), (1, False), (4, False)])
-def test_folded_aligned_merge_equals_align_then_sum_with_gradients(m, bias):
-    """ChannelAlign.merge (one product [g_1 T_1 .. g_m T_m] @ [W_1; ..; W_m]) against the
-    straightforward T_i W_i per source, then the gated sum — values and every gradient."""
+def _alignment_case(m: int, bias: bool):
+    """A ChannelAlign with non-trivial T_i = I + D_i, source weights (m, 5, 3, 2, 2) and biases
+    (m, 5) or None, all float64 and requiring gradients."""
     from zootune.layers.align import ChannelAlign
 
     torch.manual_seed(m)
@@ -276,6 +275,14 @@ def test_folded_aligned_merge_equals_align_then_sum_with_gradients(m, bias):
         al.delta.normal_(0, 0.3)
     w = torch.randn(m, 5, 3, 2, 2, dtype=torch.float64, requires_grad=True)
     b = torch.randn(m, 5, dtype=torch.float64, requires_grad=True) if bias else None
+    return al, w, b
+
+
+@pytest.mark.parametrize("m,bias", [(3, True), (1, False), (4, False)])
+def test_folded_aligned_merge_equals_align_then_sum_with_gradients(m, bias):
+    """ChannelAlign.merge (one product [g_1 T_1 .. g_m T_m] @ [W_1; ..; W_m]) against the
+    straightforward T_i W_i per source, then the gated sum — values and every gradient."""
+    al, w, b = _alignment_case(m, bias)
     g = torch.rand(m, dtype=torch.float64, requires_grad=True)
 
     def fast():
@@ -304,14 +311,7 @@ def test_aligned_sources_node_equals_per_source_products_with_gradients(m, bias)
     """ChannelAlign.sources (one autograd node, AlignedSources) against T_i W_i and T_i b_i
     source by source — values and every gradient; given precomputed values it returns them
     and adds the same backward."""
-    from zootune.layers.align import ChannelAlign
-
-    torch.manual_seed(m)
-    al = ChannelAlign(m, 5).double()
-    with torch.no_grad():
-        al.delta.normal_(0, 0.3)
-    w = torch.randn(m, 5, 3, 2, 2, dtype=torch.float64, requires_grad=True)
-    b = torch.randn(m, 5, dtype=torch.float64, requires_grad=True) if bias else None
+    al, w, b = _alignment_case(m, bias)
     t = al.matrices()
     ref = (torch.einsum("moc,mc...->mo...", t, w),) + ((torch.einsum("moc,mc->mo", t, b),) if bias else ())
     inputs = [w, al.delta] + ([b] if bias else [])
