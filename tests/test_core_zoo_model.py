@@ -415,3 +415,22 @@ def test_inference_mode_then_training_then_no_grad():
     y3 = zm(x)  # autograd on: nothing cached
     torch.testing.assert_close(y1, y3)
     torch.testing.assert_close(y2, y3)
+
+
+@pytest.mark.parametrize("lite", [False, True])
+def test_count_flops_does_not_depend_on_what_earlier_forwards_cached(lite):
+    """``count_flops`` counts what one forward computes: the alignment once per training
+    forward (new parameters every step), not at inference (data-independent, prepared
+    beforehand) — whatever caches earlier forwards without autograd left behind."""
+    from zootune.report import count_flops
+
+    zm = zootune.zoo_tune(make_zoo(), gate_init="default", lite=lite)
+    x = torch.randn(3, 3, 12, 12)
+    counts = {train: count_flops(zm, x, train=train) for train in (True, False)}
+    with torch.no_grad():
+        zm.eval()
+        zm(x)  # fills the eval caches (aligned / merged weights)
+        zm.train()
+        zm(x[:1])  # a training-mode forward without autograd fills the aligned cache
+    assert {train: count_flops(zm, x, train=train) for train in (True, False)} == counts
+    assert counts[True] > counts[False]

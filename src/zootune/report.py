@@ -56,8 +56,9 @@ def count_flops(model: nn.Module, example: torch.Tensor, train: bool = False) ->
         for m in layers:  # count what this forward computes, not what an earlier one cached
             m._forget_cache()
             if not train:  # at inference the data-independent weights are computed once
+                kind, fn = ("merged", m.merged) if m.lite else ("aligned", m.aligned)
                 with torch.no_grad():  # beforehand, not per batch (paper §3.4): not counted
-                    m._cached("merged", m.merged) if m.lite else m._cached("aligned", m.aligned)
+                    m._cached(kind, fn)
         with torch.no_grad(), frozen_statistics(model), FlopCounterMode(display=False) as fc:
             model(example)
         return int(fc.get_total_flops())

@@ -101,14 +101,16 @@ class AdaAggBase(nn.Module):
 
     # ---- weights ----------------------------------------------------------------------------
 
-    def aligned(self) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """``(T_i W_i, T_i bias_i)`` for every source: shapes (m, ...) and (m, C_out)."""
+    def aligned(self, values: tuple | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(T_i W_i, T_i bias_i)`` for every source: shapes (m, ...) and (m, C_out).
+        ``values``: these results computed earlier from the same parameters without autograd
+        (:meth:`ChannelAlign.sources` then only adds the backward)."""
         w, b = self.weight, self.bias
         if self.align is None:
             return w, b
         # one node for both (AlignedSources); the bias is aligned on its own: a concatenated
         # [W | b] would be copied in and sliced out again, in forward and backward
-        return self.align.sources(w, b)
+        return self.align.sources(w, b, values)
 
     def _aligned_for_forward(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         """:meth:`aligned` for a per-sample forward: cached while autograd is off; with it on,
@@ -116,13 +118,11 @@ class AdaAggBase(nn.Module):
         update) and only the alignment's backward is added, so it is computed once a step."""
         if not torch.is_grad_enabled() or torch.compiler.is_compiling():
             return self._cached("aligned", self.aligned)
-        if self.align is None:
-            return self.weight, self.bias
         values = self._cache if self._cache_key == self._key("aligned") else None
         if values is not None and (values[0].is_inference()  # autograd cannot save those
                                    or torch.is_autocast_enabled(self.weight.device.type)):
             values = None  # (and under autocast the forward computes in another dtype)
-        return self.align.sources(self.weight, self.bias, values)
+        return self.aligned(values)
 
     def gate_value(self) -> torch.Tensor:
         """``abar`` (m,): the temporal ensemble (lite) or running mean of observed gates."""

@@ -9,7 +9,7 @@ features; ``T_i`` lets the target re-order and blend them before aggregation.
 initialisation. Storing the offset means that weight decay pulls ``T_i`` towards the identity
 (the untouched source) rather than towards zero (which would erase the source), and the
 parameter count and maths are unchanged. A bias, having the same output-channel axis, is aligned
-by the same ``T_i`` (as one more column of the weight).
+by the same ``T_i``.
 
 Lite mode needs only the gated sum ``sum_i g_i T_i W_i`` (Eq. 5), never the aligned weights one
 by one: :meth:`ChannelAlign.merge` computes it as one matrix product
@@ -134,13 +134,11 @@ class AlignedSources(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, w, delta, b=None, values=None):  # type: ignore[override]
-        m, c = w.shape[:2]
         ctx.save_for_backward(w, delta, b)
-        ctx.has_bias = b is not None
         if values is not None:  # fresh tensor objects: autograd attaches this node to them
             aw, ab = values[0].detach(), (values[1].detach() if b is not None else None)
         else:
-            flat = w.reshape(m, c, -1)
+            flat = w.reshape(*w.shape[:2], -1)
             aw = torch.baddbmm(flat, delta, flat).view(w.shape)
             ab = None
             if b is not None:
@@ -159,7 +157,7 @@ class AlignedSources(torch.autograd.Function):
         grad_w = torch.baddbmm(g, dt, g).view(w.shape) if need_w else None
         grad_d = torch.bmm(g, w.reshape(m, c, -1).transpose(1, 2)) if need_d else None
         grad_b = None
-        if ctx.has_bias and gb is not None:
+        if b is not None and gb is not None:
             g3 = gb.unsqueeze(-1).to(w.dtype)
             if need_d:
                 grad_d.baddbmm_(g3, b.unsqueeze(1).to(w.dtype))
