@@ -12,6 +12,12 @@ their weights). Writes ``benchmarks/results/rl_speed.json`` and ``.md``.
     python benchmarks/rl_speed.py --rounds 3 --steps 50  # quicker, noisier
     python benchmarks/rl_speed.py --kernels stacked,unfold,grouped   # per-sample kernels side by side
     python benchmarks/rl_speed.py --rounds 10 --flush-denormal   # steady baseline (see the notes)
+    python benchmarks/rl_speed.py --processes 3 --rounds 6 --flush-denormal  # and across processes
+
+``--processes N``: the whole measurement in N fresh processes one after the other; the reported
+ratios are the medians over the processes, with each process's paired ratio listed. One process
+measures a systematic offset of its own (memory placement): the same code gave paired ratios
+1.287-1.307 in four processes here, more than its rounds vary.
 
 ``--kernels``: the per-sample conv kernels timed for ``zoo_tuning`` (each its own agent, all in the
 same interleaved rounds; the first is the headline row; ``default`` is the config's per-layer
@@ -24,6 +30,7 @@ import argparse
 import json
 import os
 import platform
+import subprocess
 import sys
 import tempfile
 import time
@@ -131,7 +138,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--flush-denormal", action="store_true",
                    help="torch.set_flush_denormal(True) for every method: tiny values in DER's Adam "
                         "state and gradients otherwise slow DER (and lite) for stretches of a run")
+    p.add_argument("--processes", type=int, default=1,
+                   help="repeat the measurement in this many fresh processes; report the medians")
     args = p.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if args.processes > 1:
+        return across_processes(args, argv)
     torch.set_num_threads(1)
     torch.set_flush_denormal(args.flush_denormal)
     tmp = Path(tempfile.mkdtemp())
@@ -202,23 +214,69 @@ def main(argv: list[str] | None = None) -> int:
     }
     if not args.no_layers:
         res["layers"] = layer_table()
+    res["rows"] = {m: [name, kern, cl] for m, (name, kern, cl) in rows.items()}
+    write_results(args, res)
+    return 0
+
+
+def across_processes(args: argparse.Namespace, argv: list[str]) -> int:
+    """Run the measurement ``args.processes`` times, each in a fresh process (the per-layer
+    table only in the first), and write the medians over the processes."""
+    out = Path(args.out)
+    child = ["--rounds", str(args.rounds), "--steps", str(args.steps), "--kernels", args.kernels,
+             "--recompute", args.recompute, *(["--flush-denormal"] if args.flush_denormal else []),
+             *([] if args.other_layout else ["--no-other-layout"])]
+    runs = []
+    for i in range(args.processes):
+        part = out.parent / f"{out.name}-process{i}"  # no dot: with_suffix below
+        cmd = [sys.executable, __file__, *child, "--out", str(part),
+               *(["--no-layers"] if args.no_layers or i > 0 else [])]
+        print(f"process {i + 1}/{args.processes}", flush=True)
+        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+        runs.append(json.loads(part.with_suffix(".json").read_text()))
+        for suffix in (".json", ".md"):
+            part.with_suffix(suffix).unlink()
+    res = dict(runs[0])
+    res.update({
+        "command": "python benchmarks/rl_speed.py " + " ".join(argv), "processes": args.processes,
+        "all_rounds_s": [r["all_rounds_s"] for r in runs],
+        "load_average_1_5_15": list(os.getloadavg()),
+        "env_step_s": float(np.median([r["env_step_s"] for r in runs])),
+        "per_process": {k: [r[k] for r in runs]
+                        for k in ("ratio_to_der", "ratio_to_der_paired", "agent_step_s_without_env")},
+    })
+    for key in ("agent_step_s_without_env", "ratio_to_der", "ratio_to_der_paired", "agent_steps_per_s",
+                "estimated_100k_run_h"):
+        res[key] = {m: float(np.median([r[key][m] for r in runs])) for m in runs[0][key]}
+    write_results(args, res)
+    return 0
+
+
+def write_results(args: argparse.Namespace, res: dict) -> None:
+    """``res`` as ``--out``.json and .md (the hand-written notes below the tables are kept)."""
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(out.with_suffix(".json"), json.dumps(res, indent=1))
-    lines = ["| method | input layout | agent steps/s | step time vs DER | paired rounds vs DER | est. 100k run (h) |",
-             "|---|---|---|---|---|---|"]
-    for m, (name, kern, cl) in rows.items():
+    n = res.get("processes", 1)
+    per = res.get("per_process")
+    lines = ["| method | input layout | agent steps/s | step time vs DER | paired rounds vs DER | "
+             + ("paired, each process | " if per else "") + "est. 100k run (h) |",
+             "|---|---|---|---|---|---|" + ("---|" if per else "")]
+    for m, (name, kern, cl) in res["rows"].items():
         label = "DER" if name == "scratch" else name
         if name == "zoo_tuning" and cl is None:  # the kernel rows, in the default layout
             label = f"zoo_tuning[{kern}]"
         lay = ("channels-last" if res["channels_last"][m] else "NCHW") + ("" if cl is None else " (not the default)")
+        each = (" / ".join(f"{r[m]:.3f}" for r in per["ratio_to_der_paired"]) + " | ") if per else ""
         lines.append(f"| {label} | {lay} | {res['agent_steps_per_s'][m]:.1f} | "
-                     f"{res['ratio_to_der'][m]:.2f}x | {res['ratio_to_der_paired'][m]:.2f}x | "
+                     f"{res['ratio_to_der'][m]:.2f}x | {res['ratio_to_der_paired'][m]:.2f}x | {each}"
                      f"{res['estimated_100k_run_h'][m]:.2f} |")
-    md = (f"# RL speed (one thread, per-sample kernels {', '.join(kernels)}, recompute={recompute}, "
-          f"median of {args.rounds} interleaved rounds of {args.steps} steps; env step "
-          f"{env_s * 1e3:.2f} ms included; \"step time vs DER\": ratio of the medians, \"paired rounds\": "
-          f"median of each round's ratio{'; denormals flushed' if args.flush_denormal else ''})\n\n"
+    procs = f"; medians over {n} fresh processes" if per else ""
+    md = (f"# RL speed (one thread, per-sample kernels {', '.join(res['kernels'])}, "
+          f"recompute={res['recompute']}, median of {args.rounds} interleaved rounds of {args.steps} "
+          f"steps{procs}; env step {res['env_step_s'] * 1e3:.2f} ms included; \"step time vs DER\": ratio "
+          f"of the medians, \"paired rounds\": median of each round's ratio"
+          f"{'; denormals flushed' if args.flush_denormal else ''})\n\n"
           f"`{res['command']}`; load average at the end "
           f"{', '.join(f'{v:.1f}' for v in res['load_average_1_5_15'])} (2 cores)\n\n"
           + "\n".join(lines) + "\n")
@@ -233,7 +291,6 @@ def main(argv: list[str] | None = None) -> int:
                    + " |\n")
     atomic_write(out.with_suffix(".md"), keep_notes(out.with_suffix(".md"), md))  # hand notes stay
     print(md)
-    return 0
 
 
 if __name__ == "__main__":

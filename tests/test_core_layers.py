@@ -126,6 +126,28 @@ def test_conv_matches_naive_loop(cfg, kernel, recompute, layout):
         torch.testing.assert_close(g_fast[n], g_ref[n], msg=f"gradient of {n}")
 
 
+@pytest.mark.parametrize("kernel", ["grouped", "loop", "unfold", "stacked"])
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("stride", [1, 3])
+def test_output_may_be_modified_in_place(kernel, bias, stride):
+    """A layer after an AdaAgg conv may change its output in place (an in-place ReLU): the
+    per-sample autograd functions return tensors of their own, not views of an intermediate
+    (autograd forbids in-place changes of those), and the bias they add in place inside keeps
+    every gradient exact. Stride 3 takes the per-patch (non-overlapping) paths."""
+    srcs = _sources(lambda: nn.Conv2d(4, 6, 3, stride=stride, bias=bias))
+    layer = AdaAggConv2d(srcs, kernel=kernel, align=True, lite=False, gate="sigmoid",
+                         gate_init="default", gate_hidden=3, te_momentum=0.9, recompute=False).train()
+    x = torch.randn(3, 4, 9, 11, dtype=torch.float64, requires_grad=True)
+    out_ref = torch.relu(layer(x))
+    g_ref = _grads(layer, x, out_ref)
+    out = torch.relu_(layer(x))
+    g = _grads(layer, x, out)
+    torch.testing.assert_close(out, out_ref)
+    assert g.keys() == g_ref.keys()
+    for n in g_ref:
+        torch.testing.assert_close(g[n], g_ref[n], msg=f"gradient of {n}")
+
+
 @pytest.mark.parametrize("kernel", ["unfold", "stacked"])
 def test_single_sample_without_autograd_matches_the_per_sample_kernel(kernel):
     """Acting (batch 1, no autograd) takes the merged-weight shortcut; it must compute what the

@@ -294,9 +294,7 @@ class AdaAggConv2d(AdaAggBase):
                                    num_sources=self.num_sources, recompute=self.recompute)
                 if torch.is_grad_enabled():
                     self.train_kernel = kern.name  # what "auto" picked for training (a plan entry)
-                y = per_sample(xp, a, w, kern, self.recompute)
-                if b is not None:
-                    y = y + (a.to(b.dtype) @ b).to(y.dtype).view(a.shape[0], -1, 1, 1)
+                y = per_sample(xp, a, w, kern, self.recompute, b)
         return y.squeeze(0) if unbatched else y
 
     def extra_repr(self) -> str:
@@ -337,9 +335,7 @@ class AdaAggLinear(AdaAggBase):
         w, b = self._aligned_for_forward()
         bsz = x.shape[0]
         x3 = x.reshape(bsz, -1, self.in_features)
-        y = per_sample(x3, a, w, PerSampleLinear(), self.recompute)
-        if b is not None:
-            y = y + (a.to(b.dtype) @ b).to(y.dtype)[:, None, :]
+        y = per_sample(x3, a, w, PerSampleLinear(), self.recompute, b)
         return y.reshape(*x.shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:

@@ -23,7 +23,8 @@ groups 1 — the DER network's), im2col is a reordering of the input (patches.py
 then runs as ONE matrix product of the patch rows with the stacked source weights
 (:class:`StackedRowsPerSample`: the DER's conv2 at batch 32, forward + backward, 1.04x the plain
 convolution's time instead of 1.77x — the per-layer table of ``benchmarks/rl_speed.py``), and
-``unfold`` reads a channels-last input as patch rows; both hand their output over channels-last.
+``unfold`` takes its product per patch (a channels-last input's patch rows, or an NCHW input's
+columns transposed); both hand their output over channels-last.
 
 Which of ``grouped``, ``loop``, ``unfold`` and ``stacked`` is fastest depends on the shape and
 the backend; ``auto`` times them once per layer shape and remembers the winner
@@ -84,6 +85,8 @@ class Kernel:
     """An exact way to apply per-sample weights ``W`` (B, ...) to inputs ``x`` (B, ...)."""
 
     name = "base"
+    #: the output's channel axis (where a per-sample bias is added)
+    channel_dim = 1
 
     def forward(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -204,14 +207,20 @@ class UnfoldConv(Kernel):
     def __init__(self, spec: ConvSpec):
         self.spec = spec
 
+    def _per_patch(self, w) -> bool:
+        """Non-overlapping patches, groups 1: the product is taken per patch, ``(L, K)(K, C_out)``,
+        and the output comes out channels-last whatever the input layout. The next
+        non-overlapping convolution (the DER's conv2) then reads its patch rows as runs of
+        ``kw * C`` numbers instead of runs of ``kw`` (patches.py); in the DER step this, with the
+        weight gradient taken as ``(K, L)(L, C_out)`` (:meth:`_columns_backward`), measured
+        0.4-0.5 ms (1.5%) faster than an NCHW output (``benchmarks/results/rl_speed.md``)."""
+        return self.spec.groups == 1 and self.spec.non_overlapping(tuple(w.shape[-2:]))
+
     def _rows(self, x, w) -> bool:
         """A channels-last input with non-overlapping patches (groups 1) is read as patch rows
-        (B, L, kH*kW*C_in) in ``(kh, kw, c)`` order (patches.py), not as columns; the product
-        is then taken per patch, ``(L, K)(K, C_out)``, and the output comes out channels-last.
-        (For an NCHW input the columns and an NCHW output measured faster in the DER step:
-        ``benchmarks/results/rl_speed.md``.)"""
-        return (is_channels_last(x) and self.spec.groups == 1
-                and self.spec.non_overlapping(tuple(w.shape[-2:])))
+        (B, L, kH*kW*C_in) in ``(kh, kw, c)`` order (patches.py); an NCHW one as columns (its
+        natural reordering), whose transposed view serves as the rows."""
+        return is_channels_last(x) and self._per_patch(w)
 
     def _cols(self, x, w):
         """im2col of ``x`` as (B*g, C_in/g*kH*kW, L), or the patch rows (B, L, kH*kW*C_in) of a
@@ -266,8 +275,11 @@ class UnfoldConv(Kernel):
         b, g = x.shape[0], self.spec.groups
         cout = w.shape[1]
         cols = self._cols(x, w)
-        if self._rows(x, w):  # (B, L, K) @ (B, K, C_out): the output comes out channels-last
-            y = torch.bmm(cols, weight_rows(w, True).transpose(1, 2))
+        if self._per_patch(w):  # (B, L, K) @ (B, K, C_out): the output comes out channels-last
+            if self._rows(x, w):
+                y = torch.bmm(cols, weight_rows(w, True).transpose(1, 2))
+            else:  # the columns (B, K, L) transposed, with the weights in their (c, kh, kw) order
+                y = torch.bmm(cols.transpose(1, 2), w.reshape(b, cout, -1).transpose(1, 2))
             return image_from_rows(y, *self._out_hw(x, w)), cols
         y = torch.bmm(w.reshape(b * g, cout // g, -1), cols)
         return y.view(b, cout, *self._out_hw(x, w)), cols
@@ -277,6 +289,8 @@ class UnfoldConv(Kernel):
         b, g, cout = x.shape[0], s.groups, w.shape[1]
         if self._rows(x, w):
             return self._rows_backward(x, w, gy, need_x, need_w, kept)
+        if self._per_patch(w):
+            return self._columns_backward(x, w, gy, need_x, need_w, kept)
         g2 = gy.reshape(b * g, cout // g, -1)
         gw = gx = None
         if need_w:
@@ -285,6 +299,24 @@ class UnfoldConv(Kernel):
             torch.bmm(g2, cols.transpose(1, 2), out=gw.view(b * g, cout // g, -1))
         if need_x:
             gx = self._fold(torch.bmm(w.reshape(b * g, cout // g, -1).transpose(1, 2), g2), x, w)
+        return gx, gw
+
+    def _columns_backward(self, x, w, gy, need_x, need_w, kept):
+        """Backward of the per-patch product on an NCHW input's columns (B, K, L), ``gy`` as
+        per-patch rows (B, L, C_out). The weight gradient is taken as ``(K, L)(L, C_out)`` and
+        returned as a transposed view (its memory (B, K, C_out)), which
+        :class:`AggregatedPerSample` contracts in that order: that product ran 0.39 vs 0.64 ms
+        for the DER's conv1 at batch 32 here (the other order transposes both operands)."""
+        b, cout = x.shape[0], w.shape[1]
+        g2 = rows_of_image(gy)
+        gw = gx = None
+        if need_w:
+            cols = self._cols(x, w) if kept is None else kept
+            gwt = scratch("per_sample_weight_grad", tuple(w.shape), w.dtype, w.device).view(b, -1, cout)
+            torch.bmm(cols, g2, out=gwt)
+            gw = gwt.transpose(1, 2).view(w.shape)
+        if need_x:
+            gx = self._fold(torch.bmm(w.reshape(b, cout, -1).transpose(1, 2), g2.transpose(1, 2)), x, w)
         return gx, gw
 
     def _rows_backward(self, x, w, gy, need_x, need_w, kept):
@@ -343,6 +375,7 @@ class PerSampleLinear(Kernel):
     """``y_b = x_b W_b^T`` for ``x`` (B, N, in) and ``W`` (B, out, in)."""
 
     name = "bmm"
+    channel_dim = -1
 
     def forward(self, x, w):
         return torch.bmm(x, w.transpose(1, 2))
@@ -368,6 +401,7 @@ class StackedConv:
     """
 
     name = "stacked"
+    channel_dim = 1
 
     def __init__(self, spec: ConvSpec):
         self.spec = spec
@@ -454,27 +488,24 @@ class StackedPerSample(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x, a, w, kernel: StackedConv, recompute: bool):  # type: ignore[override]
+    def forward(ctx, x, a, w, bias, kernel: StackedConv, recompute: bool):  # type: ignore[override]
         ac, wc = a.to(x.dtype), w.to(x.dtype)
         t = kernel.conv(x, kernel.stack(wc))
-        y = kernel.combine(ac, t)
+        y = add_bias(kernel.combine(ac, t), ac, bias, kernel.channel_dim)
         need_a = ctx.needs_input_grad[1]
         ctx.kernel = kernel
         ctx.dtypes = (a.dtype, w.dtype)
         ctx.keep_t = need_a and not recompute
-        if ctx.keep_t:
-            ctx.save_for_backward(x, a, w, t)
-        else:
-            ctx.save_for_backward(x, a, w)
-        return y
+        ctx.save_for_backward(x, a, w, bias, *((t,) if ctx.keep_t else ()))
+        return _own(y)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, gy):  # type: ignore[override]
         k: StackedConv = ctx.kernel
         s = k.spec
-        x, a, w = ctx.saved_tensors[:3]
-        t = ctx.saved_tensors[3] if ctx.keep_t else None
+        x, a, w, bias = ctx.saved_tensors[:4]
+        t = ctx.saved_tensors[4] if ctx.keep_t else None
         need_x, need_a, need_w = ctx.needs_input_grad[:3]
         m = w.shape[0]
         ac, wc = a.to(x.dtype), w.to(x.dtype)
@@ -502,9 +533,10 @@ class StackedPerSample(torch.autograd.Function):
                 gx = gxc
             if need_w:
                 gw = k.unstack(gws, m).to(ctx.dtypes[1])
+        ga, gb = bias_backward(gy, ac, bias, k.channel_dim, ga, ctx.needs_input_grad[3])
         if ga is not None:
             ga = ga.to(ctx.dtypes[0])
-        return gx, ga, gw, None, None
+        return gx, ga, gw, gb, None, None
 
 
 class StackedRowsPerSample(torch.autograd.Function):
@@ -517,11 +549,12 @@ class StackedRowsPerSample(torch.autograd.Function):
     ``gt_bi = a_bi gy_b``: ``grad S = gt^T R``, ``grad R = gt S`` (back to the image, in the
     input's layout), ``grad a_bi = <gy_b, t_bi>``.
     ``recompute=True`` keeps ``x, a, w`` only (``R`` is a reordering of ``x``; ``t`` is recomputed
-    when the gates need a gradient); otherwise ``R`` and ``t`` are kept.
+    when the gates need a gradient); otherwise ``R``, ``S`` (a copy for a channels-last input)
+    and ``t`` are kept.
     """
 
     @staticmethod
-    def forward(ctx, x, a, w, kernel: StackedConv, recompute: bool):  # type: ignore[override]
+    def forward(ctx, x, a, w, bias, kernel: StackedConv, recompute: bool):  # type: ignore[override]
         m, cout, kh, kw = w.shape[0], w.shape[1], w.shape[-2], w.shape[-1]
         ac = a.to(x.dtype)
         rows = _patch_rows(x, kh, kw)
@@ -529,41 +562,45 @@ class StackedRowsPerSample(torch.autograd.Function):
         cl = is_channels_last(x)
         s = weight_rows(w.to(x.dtype), cl).reshape(m * cout, k)
         t = torch.mm(rows.reshape(b * n, k), s.t()).view(b, n, m, cout)
-        y = (t * ac.view(b, 1, m, 1)).sum(2)
+        y = add_bias((t * ac.view(b, 1, m, 1)).sum(2), ac, bias, -1)  # (B, L, C_out)
         need_a = ctx.needs_input_grad[1]
         ctx.dtypes = (a.dtype, w.dtype)
         ctx.x_shape = x.shape
         ctx.channels_last = cl
         ctx.recompute = recompute
         if recompute:
-            ctx.save_for_backward(x, a, w)
-        else:
-            ctx.save_for_backward(rows, a, w, *((t,) if need_a else ()))
-        return image_from_rows(y, x.shape[2] // kh, x.shape[3] // kw)
+            ctx.save_for_backward(x, a, w, bias)
+        else:  # also the weights in row order (a copy for a channels-last input)
+            ctx.save_for_backward(rows, a, w, bias, s, *((t,) if need_a else ()))
+        return _own(image_from_rows(y, x.shape[2] // kh, x.shape[3] // kw))
 
     @staticmethod
     @once_differentiable
     def backward(ctx, gy):  # type: ignore[override]
         saved = ctx.saved_tensors
-        a, w = saved[1], saved[2]
+        a, w, bias = saved[1:4]
         need_x, need_a, need_w = ctx.needs_input_grad[:3]
         m, cout, kh, kw = w.shape[0], w.shape[1], w.shape[-2], w.shape[-1]
         rows = patch_rows(saved[0], kh, kw) if ctx.recompute else saved[0]
         b, n, k = rows.shape
         cl = ctx.channels_last
-        s = weight_rows(w.to(rows.dtype), cl).reshape(m * cout, k)
+        s = weight_rows(w.to(rows.dtype), cl).reshape(m * cout, k) if ctx.recompute else saved[4]
         g = rows_of_image(gy.to(rows.dtype)).reshape(b, n, 1, cout)
         ga = gx = gw = None
         if need_a:
-            t = saved[3] if not ctx.recompute else torch.mm(rows.reshape(b * n, k), s.t()).view(b, n, m, cout)
-            ga = (t * g).sum((1, 3)).to(ctx.dtypes[0])
+            t = saved[5] if not ctx.recompute else torch.mm(rows.reshape(b * n, k), s.t()).view(b, n, m, cout)
+            ga = (t * g).sum((1, 3))
+        ga, gb = bias_backward(g.view(b, n, cout), a.to(rows.dtype), bias, -1, ga,
+                               ctx.needs_input_grad[3])
+        if ga is not None:
+            ga = ga.to(ctx.dtypes[0])
         gt = (g * a.to(rows.dtype).view(b, 1, m, 1)).reshape(b * n, m * cout)
         if need_w:
             gs = torch.mm(gt.t(), rows.reshape(b * n, k))
             gw = weight_from_rows(gs.view(m, cout, k), w.shape, cl).contiguous().to(ctx.dtypes[1])
         if need_x:
             gx = rows_to_image(torch.mm(gt, s).view(b, n, k), ctx.x_shape, kh, kw, cl)
-        return gx, ga, gw, None, None
+        return gx, ga, gw, gb, None, None
 
 
 # --------------------------------------------------------------------------------------------
@@ -754,6 +791,44 @@ def conv_kernel(
 # --------------------------------------------------------------------------------------------
 
 
+def _own(y: torch.Tensor) -> torch.Tensor:
+    """A forward's output as a tensor of its own for autograd, not a view of an intermediate
+    (``y.view``/``permute`` of a product): autograd forbids in-place changes of a custom
+    Function's view outputs, and a layer after this one may modify its input in place (e.g.
+    ``ReLU(inplace=True)``). Nothing else holds the intermediate, so the alias is safe."""
+    return y.detach() if y._base is not None else y
+
+
+def add_bias(y: torch.Tensor, a: torch.Tensor, bias: torch.Tensor | None, channel_dim: int) -> torch.Tensor:
+    """``y + sum_i a_bi bias_i`` along ``channel_dim`` (Eq. 2's aggregated bias), in place: ``y``
+    is the fresh output of a forward above (one pass fewer over it than an autograd ``add``)."""
+    if bias is None:
+        return y
+    bb = a @ bias.to(y.dtype)  # (B, C_out)
+    shape = [1] * y.dim()
+    shape[0], shape[channel_dim] = bb.shape
+    return y.add_(bb.to(y.dtype).view(shape))
+
+
+def bias_backward(gy: torch.Tensor, a: torch.Tensor, bias: torch.Tensor | None, channel_dim: int,
+                  ga: torch.Tensor | None, need_bias: bool) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """The aggregated bias's share of the gradients: with ``gbb_b`` the output gradient summed
+    over every axis but batch and channel, ``grad a_bi += <gbb_b, bias_i>`` and
+    ``grad bias_i = sum_b a_bi gbb_b``. Returns ``(ga, grad bias)``."""
+    if bias is None or (ga is None and not need_bias):
+        return ga, None
+    cdim = channel_dim % gy.dim()
+    dims = [d for d in range(1, gy.dim()) if d != cdim]
+    gbb = gy.sum(dims) if dims else gy
+    if cdim != 1:
+        gbb = gbb.reshape(gy.shape[0], -1)
+    bc = bias.to(gbb.dtype)
+    if ga is not None:
+        ga = ga + gbb @ bc.t()
+    gb = (a.t() @ gbb).to(bias.dtype) if need_bias else None
+    return ga, gb
+
+
 def aggregate(a: torch.Tensor, w: torch.Tensor, scratch_name: str | None = None) -> torch.Tensor:
     """``W_b = sum_i a_bi w_i`` for gates ``a`` (B, m) and weights ``w`` (m, ...) (Eq. 2).
 
@@ -770,14 +845,15 @@ def aggregate(a: torch.Tensor, w: torch.Tensor, scratch_name: str | None = None)
 
 
 class AggregatedPerSample(torch.autograd.Function):
-    """``y_b = kernel(x_b, sum_i a_bi w_i)`` with exact gradients for ``x``, ``a`` and ``w``.
+    """``y_b = kernel(x_b, sum_i a_bi w_i) (+ sum_i a_bi bias_i)`` with exact gradients for ``x``,
+    ``a``, ``w`` (and ``bias``).
 
     Backward: with ``gW_b`` the gradient of the per-sample weight from the kernel,
     ``grad a_bi = <gW_b, w_i>`` and ``grad w_i = sum_b a_bi gW_b`` — two matrix products.
     """
 
     @staticmethod
-    def forward(ctx, x, a, w, kernel: Kernel, recompute: bool):  # type: ignore[override]
+    def forward(ctx, x, a, w, bias, kernel: Kernel, recompute: bool):  # type: ignore[override]
         # recomputed in backward -> a scratch buffer is enough; kept for backward -> its own tensor
         wb = aggregate(a.to(x.dtype), w.to(x.dtype), "per_sample_weight" if recompute else None)
         ctx.kernel = kernel
@@ -785,48 +861,70 @@ class AggregatedPerSample(torch.autograd.Function):
         ctx.dtypes = (a.dtype, w.dtype)
         if recompute:
             y = kernel.forward(x, wb)
-            ctx.save_for_backward(x, a, w)
+            ctx.save_for_backward(x, a, w, bias)
         else:  # keep the per-sample weights and what the kernel's backward would recompute
             y, kept = kernel.forward_keep(x, wb)
-            ctx.save_for_backward(x, a, w, wb, *(() if kept is None else (kept,)))
-        return y
+            ctx.save_for_backward(x, a, w, bias, wb, *(() if kept is None else (kept,)))
+        return _own(add_bias(y, a.to(x.dtype), bias, kernel.channel_dim))
 
     @staticmethod
     @once_differentiable
     def backward(ctx, gy):  # type: ignore[override]
         kept = None
+        x, a, w, bias = ctx.saved_tensors[:4]
         if ctx.recompute:
-            x, a, w = ctx.saved_tensors
             wb = aggregate(a.to(x.dtype), w.to(x.dtype), "per_sample_weight")
         else:
-            x, a, w, wb = ctx.saved_tensors[:4]
-            kept = ctx.saved_tensors[4] if len(ctx.saved_tensors) > 4 else None
+            wb = ctx.saved_tensors[4]
+            kept = ctx.saved_tensors[5] if len(ctx.saved_tensors) > 5 else None
         need_x, need_a, need_w = ctx.needs_input_grad[:3]
-        gx, gwb = ctx.kernel.backward(x, wb, gy.to(x.dtype), need_x, need_a or need_w, kept)
+        gy = gy.to(x.dtype)
+        gx, gwb = ctx.kernel.backward(x, wb, gy, need_x, need_a or need_w, kept)
         ga = gw = None
         if gwb is not None:
             m, b = w.shape[0], a.shape[0]
-            gflat = gwb.reshape(b, -1)
-            w_flat = w.to(x.dtype).reshape(m, -1)
+            g3 = gwb.reshape(b, gwb.shape[1], -1)
+            wc = w.to(x.dtype)
+            # a kernel may store the gradient (B, K, C_out) (UnfoldConv._columns_backward):
+            # contract in that order rather than copy B x |W| numbers into (B, C_out, K)
+            transposed = not g3.is_contiguous() and g3.transpose(1, 2).is_contiguous()
+            if transposed:
+                gflat = g3.transpose(1, 2).reshape(b, -1)
+                w_flat = wc.reshape(m, w.shape[1], -1).transpose(1, 2).reshape(m, -1)
+            else:
+                gflat = g3.reshape(b, -1)
+                w_flat = wc.reshape(m, -1)
             if need_a:  # <gW_b, w_i>; (m x K)(K x B) runs faster than (B x K)(K x m) here
-                ga = (w_flat @ gflat.t()).t().to(ctx.dtypes[0])
+                ga = (w_flat @ gflat.t()).t()
             if need_w:
-                gw = (a.to(x.dtype).t() @ gflat).view(w.shape).to(ctx.dtypes[1])
-        return gx, ga, gw, None, None
+                gw = a.to(x.dtype).t() @ gflat
+                if transposed:
+                    gw = gw.view(m, -1, w.shape[1]).transpose(1, 2)
+                gw = gw.reshape(w.shape).to(ctx.dtypes[1])
+        ga, gb = bias_backward(gy, a.to(x.dtype), bias, ctx.kernel.channel_dim, ga,
+                               ctx.needs_input_grad[3])
+        if ga is not None:
+            ga = ga.to(ctx.dtypes[0])
+        return gx, ga, gw, gb, None, None
 
 
 def per_sample(
     x: torch.Tensor, a: torch.Tensor, w: torch.Tensor, kernel: Kernel | StackedConv,
-    recompute: bool = True,
+    recompute: bool = True, bias: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """``y_b = conv_or_linear(x_b, sum_i a_bi w_i)`` for gates ``a`` (B, m) and aligned source
-    weights ``w`` (m, ...): :class:`AggregatedPerSample` for the per-sample kernels,
+    """``y_b = conv_or_linear(x_b, sum_i a_bi w_i) + sum_i a_bi bias_i`` for gates ``a`` (B, m),
+    aligned source weights ``w`` (m, ...) and biases ``bias`` (m, C_out) or ``None`` (Eq. 2):
+    :class:`AggregatedPerSample` for the per-sample kernels, :class:`StackedRowsPerSample` /
     :class:`StackedPerSample` for ``stacked``. ``recompute``: keep only ``x, a, w`` for backward
-    (True) or also the kernel's intermediate (per-sample weights, or stacked outputs)."""
+    (True) or also the kernel's intermediate (per-sample weights, or stacked outputs).
+
+    The aggregated bias is added inside the function, in place on its fresh output
+    (:func:`add_bias`), and its gradients come from the output gradient summed per channel
+    (:func:`bias_backward`): one pass fewer over the output than an autograd ``add`` after it."""
     if isinstance(kernel, StackedConv):
         if kernel.rows(x, w):
-            return StackedRowsPerSample.apply(x, a, w, kernel, recompute)
-        return StackedPerSample.apply(x, a, w, kernel, recompute)
-    return AggregatedPerSample.apply(x, a, w, kernel, recompute)
+            return StackedRowsPerSample.apply(x, a, w, bias, kernel, recompute)
+        return StackedPerSample.apply(x, a, w, bias, kernel, recompute)
+    return AggregatedPerSample.apply(x, a, w, bias, kernel, recompute)
 
 
