@@ -13,6 +13,7 @@ their weights). Writes ``benchmarks/results/rl_speed.json`` and ``.md``.
     python benchmarks/rl_speed.py --kernels stacked,unfold,grouped   # per-sample kernels side by side
     python benchmarks/rl_speed.py --rounds 10 --flush-denormal   # steady baseline (see the notes)
     python benchmarks/rl_speed.py --processes 3 --rounds 6 --flush-denormal  # and across processes
+    python benchmarks/rl_speed.py --compile --no-other-layout --no-layers --out benchmarks/results/rl_compile
 
 ``--processes N``: the whole measurement in N fresh processes one after the other; the reported
 ratios are the medians over the processes, with each process's paired ratio listed. One process
@@ -138,6 +139,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--flush-denormal", action="store_true",
                    help="torch.set_flush_denormal(True) for every method: tiny values in DER's Adam "
                         "state and gradients otherwise slow DER (and lite) for stretches of a run")
+    p.add_argument("--compile", action="store_true",
+                   help="also each method with its networks torch.compile'd (inductor; compiled in the warm-up round)")
     p.add_argument("--processes", type=int, default=1,
                    help="repeat the measurement in this many fresh processes; report the medians")
     args = p.parse_args(argv)
@@ -163,16 +166,20 @@ def main(argv: list[str] | None = None) -> int:
     agents = {}
     # rows: DER, per-sample Zoo-Tuning with each kernel, lite (kernel-independent), each in the
     # input layout `zootune rl` picks (run.channels_last: None); with --other-layout also each
-    # method in the other layout (rows "...[nchw]" / "...[channels_last]")
-    rows = {"scratch": ("scratch", kernels[0], None)}
-    rows.update({("zoo_tuning" if i == 0 else f"zoo_tuning[{k}]"): ("zoo_tuning", k, None)
+    # method in the other layout (rows "...[nchw]" / "...[channels_last]"); with --compile also
+    # each method with its networks torch.compile'd (rows "...+compile")
+    rows = {"scratch": ("scratch", kernels[0], None, False)}
+    rows.update({("zoo_tuning" if i == 0 else f"zoo_tuning[{k}]"): ("zoo_tuning", k, None, False)
                  for i, k in enumerate(kernels)})
-    rows["zoo_tuning_lite"] = ("zoo_tuning_lite", kernels[0], None)
+    rows["zoo_tuning_lite"] = ("zoo_tuning_lite", kernels[0], None, False)
     if args.other_layout:
         for m in ("scratch", "zoo_tuning", "zoo_tuning_lite"):
             auto = input_channels_last(build_rl_config({"method": {"name": m}}))
-            rows[f"{m}[{'nchw' if auto else 'channels_last'}]"] = (m, kernels[0], not auto)
-    for row, (m, kern, cl) in rows.items():
+            rows[f"{m}[{'nchw' if auto else 'channels_last'}]"] = (m, kernels[0], not auto, False)
+    if args.compile:
+        for m in ("scratch", "zoo_tuning", "zoo_tuning_lite"):
+            rows[f"{m}+compile"] = (m, kernels[0], None, True)
+    for row, (m, kern, cl, compiled) in rows.items():
         method = {"name": m, "sources": srcs if m != "scratch" else [], "recompute": recompute}
         if kern != "default":
             method["kernel"] = kern
@@ -182,6 +189,8 @@ def main(argv: list[str] | None = None) -> int:
 
         target = copy.deepcopy(net)
         opt = make_optimizer(list(net.parameters()), cfg.agent, torch.device("cpu"))  # as the loop's
+        if compiled:  # compiled in the warm-up round (act: batch 1; learn: batch 32 with and without grad)
+            net, target = torch.compile(net), torch.compile(target)
         agents[row] = (cfg, net, target, OptimizerStep(opt, grad_clip=cfg.agent.grad_clip))
     times = {m: [] for m in rows}
     for r in range(args.rounds + 1):  # round 0 warms up
@@ -214,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     if not args.no_layers:
         res["layers"] = layer_table()
-    res["rows"] = {m: [name, kern, cl] for m, (name, kern, cl) in rows.items()}
+    res["rows"] = {m: list(spec) for m, spec in rows.items()}
     write_results(args, res)
     return 0
 
@@ -225,7 +234,7 @@ def across_processes(args: argparse.Namespace, argv: list[str]) -> int:
     out = Path(args.out)
     child = ["--rounds", str(args.rounds), "--steps", str(args.steps), "--kernels", args.kernels,
              "--recompute", args.recompute, *(["--flush-denormal"] if args.flush_denormal else []),
-             *([] if args.other_layout else ["--no-other-layout"])]
+             *([] if args.other_layout else ["--no-other-layout"]), *(["--compile"] if args.compile else [])]
     runs = []
     for i in range(args.processes):
         part = out.parent / f"{out.name}-process{i}"  # no dot: with_suffix below
@@ -262,10 +271,12 @@ def write_results(args: argparse.Namespace, res: dict) -> None:
     lines = ["| method | input layout | agent steps/s | step time vs DER | paired rounds vs DER | "
              + ("paired, each process | " if per else "") + "est. 100k run (h) |",
              "|---|---|---|---|---|---|" + ("---|" if per else "")]
-    for m, (name, kern, cl) in res["rows"].items():
+    for m, (name, kern, cl, compiled) in res["rows"].items():
         label = "DER" if name == "scratch" else name
         if name == "zoo_tuning" and cl is None:  # the kernel rows, in the default layout
             label = f"zoo_tuning[{kern}]"
+        if compiled:
+            label += " (torch.compile)"
         lay = ("channels-last" if res["channels_last"][m] else "NCHW") + ("" if cl is None else " (not the default)")
         each = (" / ".join(f"{r[m]:.3f}" for r in per["ratio_to_der_paired"]) + " | ") if per else ""
         lines.append(f"| {label} | {lay} | {res['agent_steps_per_s'][m]:.1f} | "
