@@ -185,7 +185,17 @@ def train_agent(cfg: RLConfig, out_dir: str | Path, *, label: str = "",
     say = progress or (lambda s: None)
     with exclusive_lock(out / LOCK_FILE,
                         on_wait=lambda: say(f"{label}{out} is being trained by another process; waiting")):
-        return _train_agent_locked(cfg, out, label=label, progress=progress)
+        flushing = flushes_denormals()
+        torch.set_flush_denormal(cfg.run.flush_denormal)  # see RunConfig.flush_denormal
+        try:
+            return _train_agent_locked(cfg, out, label=label, progress=progress)
+        finally:
+            torch.set_flush_denormal(flushing)
+
+
+def flushes_denormals() -> bool:
+    """Whether the CPU flushes denormal numbers to zero now (torch has a setter, no getter)."""
+    return (torch.tensor([1e-39], dtype=torch.float32) * 1.0).item() == 0.0
 
 
 def _train_agent_locked(cfg: RLConfig, out: Path, *, label: str,
