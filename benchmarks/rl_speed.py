@@ -17,8 +17,8 @@ their weights). Writes ``benchmarks/results/rl_speed.json`` and ``.md``.
 
 ``--processes N``: the whole measurement in N fresh processes one after the other; the reported
 ratios are the medians over the processes, with each process's paired ratio listed. One process
-measures a systematic offset of its own (memory placement): the same code gave paired ratios
-1.287-1.307 in four processes here, more than its rounds vary.
+measures a systematic offset of its own (memory placement): fresh processes of the same code
+differed by up to 0.02 in their paired ratio here, more than its rounds vary.
 
 ``--kernels``: the per-sample conv kernels timed for ``zoo_tuning`` (each its own agent, all in the
 same interleaved rounds; the first is the headline row; ``default`` is the config's per-layer
@@ -136,9 +136,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-layers", action="store_true", help="skip the per-layer kernel table")
     p.add_argument("--other-layout", action=argparse.BooleanOptionalAction, default=True,
                    help="also time each method with the input layout `zootune rl` does not pick for it")
-    p.add_argument("--flush-denormal", action="store_true",
-                   help="torch.set_flush_denormal(True) for every method: tiny values in DER's Adam "
-                        "state and gradients otherwise slow DER (and lite) for stretches of a run")
+    p.add_argument("--flush-denormal", action=argparse.BooleanOptionalAction, default=True,
+                   help="torch.set_flush_denormal for every method, as `zootune rl` does by default "
+                        "(run.flush_denormal): denormal Adam moments otherwise slow a run for stretches")
     p.add_argument("--compile", action="store_true",
                    help="also each method with its networks torch.compile'd (inductor; compiled in the warm-up round)")
     p.add_argument("--processes", type=int, default=1,
@@ -233,7 +233,7 @@ def across_processes(args: argparse.Namespace, argv: list[str]) -> int:
     table only in the first), and write the medians over the processes."""
     out = Path(args.out)
     child = ["--rounds", str(args.rounds), "--steps", str(args.steps), "--kernels", args.kernels,
-             "--recompute", args.recompute, *(["--flush-denormal"] if args.flush_denormal else []),
+             "--recompute", args.recompute, "--flush-denormal" if args.flush_denormal else "--no-flush-denormal",
              *([] if args.other_layout else ["--no-other-layout"]), *(["--compile"] if args.compile else [])]
     runs = []
     for i in range(args.processes):

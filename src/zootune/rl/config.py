@@ -163,9 +163,10 @@ class RunConfig(Section):
     checkpoint_every: int = Field(default=10_000, ge=0)  # 0: only at the end / on interrupt
     threads: int = Field(default=1, ge=1)               # torch intra-op threads
     #: flush denormal numbers to zero on the CPU (``torch.set_flush_denormal``) for the whole run.
-    #: Head units that stop receiving gradient leave Adam moments decaying into the denormal
-    #: range; a Zoo-Tuning run here had 390k of them at step 40k, and its fused Adam step took
-    #: 12.0 ms instead of 1.3 ms with them flushed, slowing the run from ~19 to ~14 agent steps/s
+    #: Adam moments of weights whose gradients stay (near) zero decay into the denormal range
+    #: (seen in the noisy head layers); a Zoo-Tuning run here had 390k of them at step 40k, and
+    #: its fused Adam step took 12.0 ms instead of 1.3 ms with them flushed, slowing the run
+    #: from ~19 to ~14 agent steps/s
     #: (``benchmarks/results/rl_speed.md``, ninth session). Values below 1.2e-38 become 0.
     flush_denormal: bool = True
     device: str = "cpu"
