@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from zootune.layers import AdaAggConv2d, AdaAggLinear, TemporalEnsemble
+from zootune.layers import kernels
 from zootune.layers.kernels import kernel_choices
 
 M = 3
@@ -104,6 +105,37 @@ CONV_CASES = [
 def test_conv_matches_naive_loop(cfg, kernel, recompute, layout):
     """Every kernel against the naive loop, for NCHW and channels-last inputs (the latter take
     the patch-rows paths of ``unfold`` and ``stacked`` when the patches do not overlap)."""
+    _check_conv_against_naive_loop(cfg, kernel, recompute, layout)
+
+
+@pytest.mark.parametrize("cfg", [CONV_CASES[0], CONV_CASES[4], CONV_CASES[11]],
+                         ids=["3x3", "1x1-stride2", "non-overlapping"])
+@pytest.mark.parametrize("kernel", ["grouped", "loop", "unfold"])
+@pytest.mark.parametrize("recompute", [True, False])
+def test_conv_in_column_blocks_matches_naive_loop(cfg, kernel, recompute, monkeypatch):
+    """The aggregation and the two weight-gradient contractions in column blocks (as large
+    weights run on the CPU), here forced on with a block that does not divide the weight."""
+    monkeypatch.setattr(kernels, "COLUMN_BLOCK", 7)
+    monkeypatch.setattr(kernels, "AGGREGATE_BLOCKED_FROM", 1)
+    monkeypatch.setattr(kernels, "CONTRACT_BLOCKED_FROM", 1)
+    calls = []
+    blocks = kernels.column_blocks
+    monkeypatch.setattr(kernels, "column_blocks", lambda *a: calls.append(blocks(*a)) or calls[-1])
+    _check_conv_against_naive_loop(cfg, kernel, recompute, "nchw")
+    assert calls and all(len(c) > 1 for c in calls)  # both products ran in several blocks
+
+
+def test_column_blocks_cover_every_column_once():
+    for n in (1, 6, 7, 8, 50):
+        slices = kernels.column_blocks(n, torch.device("cpu"), 1)
+        assert [j for s in slices for j in range(n)[s]] == list(range(n))
+    n = 3 * kernels.COLUMN_BLOCK + 5
+    assert len(kernels.column_blocks(n, torch.device("cpu"), 1)) == 4
+    assert kernels.column_blocks(n, torch.device("cpu"), n + 1) == [slice(0, n)]
+    assert kernels.column_blocks(n, torch.device("meta"), 1) == [slice(0, n)]  # CPU only
+
+
+def _check_conv_against_naive_loop(cfg, kernel, recompute, layout):
     srcs = _sources(lambda: nn.Conv2d(**cfg))
     layer = AdaAggConv2d(
         srcs, kernel=kernel, align=True, lite=False, gate="sigmoid", gate_init="default",
