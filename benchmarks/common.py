@@ -1,4 +1,4 @@
-"""Helpers shared by the benchmark scripts that wrap ``zootune compare`` (results files, notes)."""
+"""Helpers shared by the benchmark scripts (results files, notes, the machine they ran on)."""
 
 from __future__ import annotations
 
@@ -28,6 +28,16 @@ def atomic_write(path: Path, text: str) -> None:
     tmp.replace(path)
 
 
+def cpu_name() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), recorded with every measurement: sessions run
+    on different machines, and one results file collects cells from several of them."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return "unknown"
+
+
 def environment(threads: int = 1) -> dict[str, Any]:
     """Machine, versions and time of writing, recorded beside every result."""
     import numpy
@@ -36,6 +46,7 @@ def environment(threads: int = 1) -> dict[str, Any]:
     import zootune
 
     return {"machine": platform.platform(), "processor": platform.processor() or platform.machine(),
+            "cpu": cpu_name(),
             "cpus": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
             "numpy": numpy.__version__, "zootune": zootune.__version__, "threads": threads,
             "written": time.strftime("%Y-%m-%d %H:%M:%S")}

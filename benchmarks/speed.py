@@ -25,7 +25,10 @@ alike, and the minimum is the estimate least disturbed by it. Peak memory (resid
 FLOPs (``torch.utils.flop_counter.FlopCounterMode``, with a groups-aware formula for convolution
 backward) come from a separate fresh process per method, which also times that method alone
 (median of ``--reps`` steps after its first: the number a user running only that method sees,
-reported beside the interleaved one; a cell missing it is completed by a plain re-run). Results go to
+reported beside the interleaved one; a cell missing it is completed by a plain re-run). With
+``--own-processes N`` every method gets N fresh processes, run in alternating order (methods
+forward, then backward, ...), and its own time is the median of their medians: one process
+carries an offset of its own, and a VM's speed drifts over the minutes a cell takes. Results go to
 ``benchmarks/results/speed.json`` after each cell (finished cells are skipped on a re-run;
 ``--force`` re-measures) and ``speed.md`` is rebuilt from them, followed by
 ``speed_notes.md`` (analysis written by hand).
@@ -51,6 +54,9 @@ import sys
 import time
 import types
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import cpu_name  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
@@ -266,7 +272,9 @@ def time_worker(spec: dict) -> dict:
             t0 = time.perf_counter()
             step()
             times[meth].append(time.perf_counter() - t0)
-    return times
+    from zootune.layers.kernels import kernel_choices
+
+    return {**times, "kernel_choices": {str(k): v for k, v in sorted(kernel_choices().items(), key=str)}}
 
 
 def export_worker(spec: dict) -> dict:
@@ -287,7 +295,11 @@ def flops_worker(spec: dict) -> dict:
     model = model_of(meth, models)
     with mode_of(meth, models):
         f1, f2 = (count_flops(model, spec["phase"], size, b) for b in (1, 2))
-    return {"flops": f1 + (batch - 1) * (f2 - f1), "flops_counter": FLOPS_COUNTER}
+    from zootune.layers.kernels import kernel_choices
+
+    return {
+        # what `auto` settled on in this process, per layer shape (timed at its first step)
+        "kernel_choices": {str(k): v for k, v in sorted(kernel_choices().items(), key=str)},"flops": f1 + (batch - 1) * (f2 - f1), "flops_counter": FLOPS_COUNTER}
 
 
 def memory_worker(spec: dict) -> dict:
@@ -312,7 +324,11 @@ def memory_worker(spec: dict) -> dict:
     model = model_of(meth, models)
     with mode_of(meth, models):
         f1, f2 = (count_flops(model, spec["phase"], size, b) for b in (1, 2))
+    from zootune.layers.kernels import kernel_choices
+
     return {
+        # what `auto` settled on in this process, per layer shape (timed at its first step)
+        "kernel_choices": {str(k): v for k, v in sorted(kernel_choices().items(), key=str)},
         "peak_rss_gb": peak,
         "fresh_seconds": fresh,
         "fresh_median": statistics.median(fresh),
@@ -323,6 +339,24 @@ def memory_worker(spec: dict) -> dict:
         "flops_counter": FLOPS_COUNTER,
         "params": sum(p.numel() for p in model.parameters()),
     }
+
+
+def own_processes_record(runs: list[dict]) -> dict:
+    """One cell's own-process record from the memory workers of its fresh processes: the
+    median of their step medians (and of their peaks); a single process's record unchanged."""
+    import statistics
+
+    rec = dict(runs[-1])
+    rec["process_medians"] = [r["fresh_median"] for r in runs]
+    choices = [r.get("kernel_choices") for r in runs]
+    rec["kernel_choices_differ"] = sorted({k for c in choices for k in (c or {})
+                                           if len({str((c2 or {}).get(k)) for c2 in choices}) > 1})
+    if len(runs) > 1:
+        rec["fresh_median"] = statistics.median(rec["process_medians"])
+        rec["fresh_seconds"] = [t for r in runs for t in r["fresh_seconds"]]
+        rec["peak_rss_gb"] = statistics.median(r["peak_rss_gb"] for r in runs)
+    rec["own_processes"] = len(runs)
+    return rec
 
 
 # ----------------------------------------------------------------------------------------------
@@ -431,16 +465,6 @@ def profile_layers(shape: str, m: int, threads: int, reps: int) -> list[dict]:
     return list(seen.values())
 
 
-def cpu_name() -> str:
-    """The CPU's model name (``/proc/cpuinfo``), recorded with every measurement: sessions run
-    on different machines, and one results file collects cells from several of them."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next(l.split(":", 1)[1].strip() for l in f if l.startswith("model name"))
-    except (OSError, StopIteration):
-        return "unknown"
-
-
 def environment() -> dict:
     import torch
 
@@ -523,7 +547,8 @@ def write_markdown(data: dict) -> None:
         "",
         "Every ratio is against the plain model timed in the same process, interleaved step by "
         "step with the others (best of the rounds; see the script's docstring); \"own process\": "
-        "each method alone in a fresh process, median of --reps steps after the first, against "
+        "each method alone in a fresh process, median of --reps steps after the first (with "
+        "--own-processes N: the median over N such processes, run in alternating order), against "
         "plain's own-process median (what a user running one method sees). Memory = peak "
         "resident set size of a fresh process running that method (model, optimizer state, "
         "step). FLOPs from torch's FlopCounterMode (groups-aware convolution backward).",
@@ -634,6 +659,10 @@ def main() -> None:
     ap.add_argument("--force", action="store_true", help="re-measure finished cells")
     ap.add_argument("--retime", action="store_true",
                     help="re-time finished cells (keep their memory and FLOP records)")
+    ap.add_argument("--reown", action="store_true",
+                    help="re-measure the own-process runs of finished cells (keep the interleaved times)")
+    ap.add_argument("--own-processes", type=int, default=1,
+                    help="fresh processes per method for the own-process time (median of them)")
     ap.add_argument("--profile-layers", action="store_true", help="also the per-layer profile")
     ap.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -645,6 +674,8 @@ def main() -> None:
         return
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / "speed.json"
+    if args.own_processes < 1:
+        raise SystemExit("--own-processes must be >= 1")
     data = json.loads(out.read_text()) if out.exists() else {"results": {}, "layer_profile": {}}
     data["command"] = "python benchmarks/speed.py " + " ".join(sys.argv[1:])
     data.setdefault("commands", [])
@@ -680,29 +711,35 @@ def main() -> None:
         keys = {meth: cell_key(shape, phase, meth, m, allocator) for meth in methods}
         done = all(k in data["results"] for k in keys.values())
         own_done = done and all("fresh_median" in data["results"][k] for k in keys.values())
-        if own_done and not (args.force or args.retime):
+        if own_done and not (args.force or args.retime or args.reown):
             print(f"skip {shape}/{phase}/m{m} (done)")
             continue
         spec = dict(shape=shape, phase=phase, m=m, threads=args.threads)
-        if not done or args.force or args.retime:
+        if not done or args.force or (args.retime and not args.reown):
             print(f"time {shape}/{phase}/m{m}: {', '.join(methods)} ...", flush=True)
             times = run_worker("time", {**spec, "methods": methods, "reps": args.reps}, env)
             for meth in methods:
                 rec = {**spec, "method": meth, "allocator": allocator, "cpu": cpu_name(),
-                       "seconds": min(times[meth]), "all_seconds": times[meth]}
+                       "seconds": min(times[meth]), "all_seconds": times[meth],
+                       "interleaved_kernel_choices": times.get("kernel_choices", {})}
                 print(f"     {meth}: {rec['seconds']:.3f} s/step", flush=True)
                 data["results"].setdefault(keys[meth], {}).update(rec)
             save()
-        if own_done and args.retime and not args.force:
+        if own_done and args.retime and not (args.force or args.reown):
             continue
-        for meth in methods:  # peak memory, then the method's own-process step time
-            print(f"memory + own process {keys[meth]} ...", flush=True)
-            mspec = {**spec, "method": meth, "reps": args.reps}
-            if meth == "exported":  # measured on the exported file alone, as deployed
-                mspec["exported_file"] = str(RESULTS / ".speed_exported.safetensors")
-                run_worker("export", {**spec, "path": mspec["exported_file"]}, env)
-            data["results"][keys[meth]].update(run_worker("memory", mspec, env), own_cpu=cpu_name())
-            save()
+        runs: dict[str, list[dict]] = {meth: [] for meth in methods}
+        for proc in range(args.own_processes):  # peak memory, then the method's own step time
+            for meth in (methods if proc % 2 == 0 else methods[::-1]):
+                print(f"memory + own process {keys[meth]} ({proc + 1}/{args.own_processes}) ...",
+                      flush=True)
+                mspec = {**spec, "method": meth, "reps": args.reps}
+                if meth == "exported":  # measured on the exported file alone, as deployed
+                    mspec["exported_file"] = str(RESULTS / ".speed_exported.safetensors")
+                    if not runs[meth]:
+                        run_worker("export", {**spec, "path": mspec["exported_file"]}, env)
+                runs[meth].append(run_worker("memory", mspec, env))
+                data["results"][keys[meth]].update(own_processes_record(runs[meth]), own_cpu=cpu_name())
+                save()
         (RESULTS / ".speed_exported.safetensors").unlink(missing_ok=True)
     for k, rec in data["results"].items():  # FLOPs counted by an older version of the counter
         if rec.get("flops_counter") != FLOPS_COUNTER:

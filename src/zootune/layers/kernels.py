@@ -35,7 +35,9 @@ it computes ``W_b`` from the gates ``a`` (B, m) and the aligned source weights `
 applies the kernel, and in backward returns the gradients of ``x``, ``a`` and ``w``. With
 ``recompute=True`` (the default) it does not keep the ``B x |W|`` per-sample weights for backward
 but recomputes them there — one small matrix product — which saves most of the memory Zoo-Tuning
-would otherwise add to a training step.
+would otherwise add to a training step. Large weights are aggregated and their gradients
+contracted in column blocks on the CPU (:func:`column_blocks`; both contractions share each
+block while it is in cache).
 """
 
 from __future__ import annotations
@@ -832,7 +834,7 @@ def bias_backward(gy: torch.Tensor, a: torch.Tensor, bias: torch.Tensor | None, 
 #: Column blocks for the products over all per-sample weights on the CPU: ``aggregate``'s
 #: ``(B, m)(m, n)`` and the two backward contractions ``(m, n)(n, B)`` / ``(m, B)(B, n)`` run as
 #: one product per block of ``COLUMN_BLOCK`` columns when ``n`` (the numbers of one weight) is at
-#: least the size below. Measured offline at the paper shape (B = 48, m = 5; this machine's MKL,
+#: least the size below. Measured offline at the paper shape (B = 48, m = 5; an AMD EPYC VM's MKL,
 #: ``benchmarks/column_blocks.py``): one product over 2.4M columns writes ~7 GB/s, blocks ~10;
 #: the two contractions there took 194 ms unblocked and 108 ms blocked, one pass over each block
 #: of the gradient while it is in cache. Below these sizes blocks measured no faster.
