@@ -861,6 +861,8 @@ def aggregate(a: torch.Tensor, w: torch.Tensor, scratch_name: str | None = None)
     """
     m, b = w.shape[0], a.shape[0]
     shape = (b, *w.shape[1:])
+    if torch.is_grad_enabled() and (a.requires_grad or w.requires_grad):
+        return (a @ w.reshape(m, -1)).view(shape)  # differentiable, for a caller under autograd
     if scratch_name is None:
         out = torch.empty(shape, dtype=w.dtype, device=w.device)
     else:
