@@ -836,7 +836,7 @@ def bias_backward(gy: torch.Tensor, a: torch.Tensor, bias: torch.Tensor | None, 
 #: one product per block of ``COLUMN_BLOCK`` columns when ``n`` (the numbers of one weight) is at
 #: least the size below. Measured offline at the paper shape (B = 48, m = 5; an AMD EPYC VM's MKL,
 #: ``benchmarks/column_blocks.py``): one product over 2.4M columns writes ~7 GB/s, blocks ~10;
-#: the two contractions there took 194 ms unblocked and 108 ms blocked, one pass over each block
+#: the two contractions there took 205 ms unblocked and 113 ms blocked, one pass over each block
 #: of the gradient while it is in cache. Below these sizes blocks measured no faster.
 COLUMN_BLOCK = 16384
 AGGREGATE_BLOCKED_FROM = 1 << 19
