@@ -259,6 +259,13 @@ def setup(spec: dict):
     return batch, size, x, target
 
 
+def kernel_choices_made() -> dict[str, str]:
+    """What ``auto`` settled on in this process, per layer shape (timed at its first step)."""
+    from zootune.layers.kernels import kernel_choices
+
+    return {str(k): v for k, v in sorted(kernel_choices().items(), key=str)}
+
+
 def time_worker(spec: dict) -> dict:
     """Seconds per step of every method in ``spec['methods']``, interleaved (module docstring)."""
     _, _, x, target = setup(spec)
@@ -272,9 +279,7 @@ def time_worker(spec: dict) -> dict:
             t0 = time.perf_counter()
             step()
             times[meth].append(time.perf_counter() - t0)
-    from zootune.layers.kernels import kernel_choices
-
-    return {**times, "kernel_choices": {str(k): v for k, v in sorted(kernel_choices().items(), key=str)}}
+    return {**times, "kernel_choices": kernel_choices_made()}
 
 
 def export_worker(spec: dict) -> dict:
@@ -295,11 +300,7 @@ def flops_worker(spec: dict) -> dict:
     model = model_of(meth, models)
     with mode_of(meth, models):
         f1, f2 = (count_flops(model, spec["phase"], size, b) for b in (1, 2))
-    from zootune.layers.kernels import kernel_choices
-
-    return {
-        # what `auto` settled on in this process, per layer shape (timed at its first step)
-        "kernel_choices": {str(k): v for k, v in sorted(kernel_choices().items(), key=str)},"flops": f1 + (batch - 1) * (f2 - f1), "flops_counter": FLOPS_COUNTER}
+    return {"flops": f1 + (batch - 1) * (f2 - f1), "flops_counter": FLOPS_COUNTER}
 
 
 def memory_worker(spec: dict) -> dict:
@@ -324,11 +325,8 @@ def memory_worker(spec: dict) -> dict:
     model = model_of(meth, models)
     with mode_of(meth, models):
         f1, f2 = (count_flops(model, spec["phase"], size, b) for b in (1, 2))
-    from zootune.layers.kernels import kernel_choices
-
     return {
-        # what `auto` settled on in this process, per layer shape (timed at its first step)
-        "kernel_choices": {str(k): v for k, v in sorted(kernel_choices().items(), key=str)},
+        "kernel_choices": kernel_choices_made(),
         "peak_rss_gb": peak,
         "fresh_seconds": fresh,
         "fresh_median": statistics.median(fresh),
@@ -720,8 +718,9 @@ def main() -> None:
             times = run_worker("time", {**spec, "methods": methods, "reps": args.reps}, env)
             for meth in methods:
                 rec = {**spec, "method": meth, "allocator": allocator, "cpu": cpu_name(),
-                       "seconds": min(times[meth]), "all_seconds": times[meth],
-                       "interleaved_kernel_choices": times.get("kernel_choices", {})}
+                       "seconds": min(times[meth]), "all_seconds": times[meth]}
+                if meth == "zoo":  # the per-sample layers' choices in the interleaved process
+                    rec["interleaved_kernel_choices"] = times["kernel_choices"]
                 print(f"     {meth}: {rec['seconds']:.3f} s/step", flush=True)
                 data["results"].setdefault(keys[meth], {}).update(rec)
             save()
