@@ -125,7 +125,8 @@ def test_conv_in_column_blocks_matches_naive_loop(cfg, kernel, recompute, monkey
     assert calls and all(len(c) > 1 for c in calls)  # both products ran in several blocks
 
 
-def test_column_blocks_cover_every_column_once():
+def test_column_blocks_cover_every_column_once(monkeypatch):
+    monkeypatch.setattr(kernels, "COLUMN_BLOCK", 7)
     for n in (1, 6, 7, 8, 50):
         slices = kernels.column_blocks(n, torch.device("cpu"), 1)
         assert [j for s in slices for j in range(n)[s]] == list(range(n))
