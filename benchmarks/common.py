@@ -50,3 +50,30 @@ def environment(threads: int = 1) -> dict[str, Any]:
             "cpus": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
             "numpy": numpy.__version__, "zootune": zootune.__version__, "threads": threads,
             "written": time.strftime("%Y-%m-%d %H:%M:%S")}
+
+
+def aggregated_conv_inputs(zoo_model, size: int) -> dict[str, tuple[Any, Any]]:
+    """``{name: (layer, input shape)}`` for every AdaAgg layer of ``zoo_model``, in the order a
+    forward of a 2-image batch at ``size`` x ``size`` reaches them (eval mode, no autograd)."""
+    import torch
+
+    layers = zoo_model.adaagg_layers()
+    inputs: dict[str, Any] = {}
+
+    def recorder(name):
+        def hook(mod, inp, out):
+            inputs.setdefault(name, inp[0].shape)
+
+        return hook
+
+    hooks = [layer.register_forward_hook(recorder(n)) for n, layer in layers.items()]
+    was_training = zoo_model.training
+    try:
+        with torch.no_grad():
+            zoo_model.eval()
+            zoo_model(torch.randn(2, 3, size, size))
+    finally:
+        for h in hooks:
+            h.remove()
+        zoo_model.train(was_training)
+    return {n: (layers[n], shape) for n, shape in inputs.items()}

@@ -56,7 +56,7 @@ import types
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import cpu_name  # noqa: E402
+from common import aggregated_conv_inputs, cpu_name  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
@@ -391,20 +391,7 @@ def profile_layers(shape: str, m: int, threads: int, reps: int) -> list[dict]:
     zoo = [torchvision.models.resnet50() for _ in range(m)]
     zm = zootune.zoo_tune(zoo)
     zl = zootune.zoo_tune(zoo, lite=True)
-    inputs: dict[str, torch.Size] = {}
-
-    def recorder(name):
-        def hook(mod, inp, out):
-            inputs.setdefault(name, inp[0].shape)
-
-        return hook
-
-    hooks = [layer.register_forward_hook(recorder(n)) for n, layer in zm.adaagg_layers().items()]
-    with torch.no_grad():
-        zm.eval()
-        zm(torch.randn(2, 3, size, size))
-    for h in hooks:
-        h.remove()
+    inputs = {n: shape for n, (_, shape) in aggregated_conv_inputs(zm, size).items()}
     seen: dict[tuple, dict] = {}
     layers, lite_layers = zm.adaagg_layers(), zl.adaagg_layers()
 
