@@ -179,15 +179,14 @@ def measure(row: dict, batch: int, m: int, rounds: int) -> dict:
     if row["groups"] == 1:
         steps.update({f"floor:{n}": f for n, f in floor_steps(x, w[0], spec, need_x).items()})
     times: dict[str, list[float]] = {n: [] for n in steps}
-    with torch.no_grad():
-        for r in range(rounds + 1):  # the first round warms up
-            for name, step in steps.items():
-                with torch.enable_grad() if name.endswith("/train") else torch.no_grad():
-                    t0 = time.perf_counter()
-                    step()
-                    dt = time.perf_counter() - t0
-                if r:
-                    times[name].append(dt)
+    for r in range(rounds + 1):  # the first round warms up
+        for name, step in steps.items():
+            with torch.enable_grad() if name.endswith("/train") else torch.no_grad():
+                t0 = time.perf_counter()
+                step()
+                dt = time.perf_counter() - t0
+            if r:
+                times[name].append(dt)
     ms = {n: statistics.median(v) * 1e3 for n, v in times.items()}
     out = dict(row, kernels={"infer": k_inf.name, "train": k_train.name}, ms=ms)
     if row["groups"] == 1:
@@ -218,14 +217,15 @@ def totals(rows: list[dict]) -> dict:
 def write(data: dict) -> None:
     RESULTS.mkdir(exist_ok=True)
     atomic_write(JSON, json.dumps(data, indent=1))
-    env, rows = data["environment"], data["rows"]
+    env, setup, rows = data["environment"], data["setup"], data["rows"]
+    cell = lambda v: f"{v:.1f}" if v is not None else "-"  # noqa: E731
     lines = [
         "# Per-sample convolutions: library vs the floor of BLAS products (ResNet-50, paper shape)",
         "",
         f"Command: `{data['command']}`  ",
         f"Machine: {env['cpu']}, {env['cpus']} CPUs; torch {env['torch']}, {env['threads']} threads; "
-        f"written {env['written']}; B = {data['batch']}, m = {data['m']}, {data['size']}x{data['size']} "
-        f"input; median of {data['rounds']} interleaved rounds, ms. `floor`: the per-sample products "
+        f"written {env['written']}; B = {setup['batch']}, m = {setup['m']}, {setup['size']}x{setup['size']} "
+        f"input; median of {setup['rounds']} interleaved rounds, ms. `floor`: the per-sample products "
         "with one shared weight, better order of each (module docstring of "
         "`benchmarks/per_sample_floor.py`).",
         "",
@@ -235,7 +235,6 @@ def write(data: dict) -> None:
     ]
     for r in rows:
         ms, fl = r["ms"], r.get("floor_ms", {})
-        cell = lambda v: f"{v:.1f}" if v is not None else "-"
         lines.append(
             f"| {r['layer']} | {r['count']} | {'x'.join(map(str, r['input']))} | {r['out_channels']} | "
             f"{r['kernel_size'][0]}x{r['kernel_size'][1]} | {r['stride'][0]} | "
@@ -249,8 +248,7 @@ def write(data: dict) -> None:
         lines.append(f"| {phase} | {t['plain_ms']:.0f} | {t['library_ms']:.0f} | {t['bound_ms']:.0f} | "
                      f"{t['library_ratio']:.2f}x | {t['bound_ratio']:.2f}x |")
     lines += ["", "`bound`: every layer at the better of the library's time and its floor "
-              "(`totals` in the script)."]
-    lines.append("")
+              "(`totals` in the script).", ""]
     path = RESULTS / "per_sample_floor.md"
     atomic_write(path, keep_notes(path, "\n".join(lines)))
 
@@ -273,7 +271,7 @@ def main() -> None:
     done = {row_key(r): r for r in old.get("rows", [])} if old.get("setup") == setup else {}
     command = (f"LD_PRELOAD={setup['ld_preload']} " if setup["ld_preload"] else "") + "python " + " ".join(sys.argv)
     data = {"command": old.get("command", command) if done else command,
-            "environment": environment(args.threads), "setup": setup, **setup, "rows": []}
+            "environment": environment(args.threads), "setup": setup, "rows": []}
     for row in conv_shapes(args.m, args.size):
         rec = done.get(row_key(row))
         if rec is None:
@@ -284,6 +282,7 @@ def main() -> None:
         data["rows"].append(rec)
         data["totals"] = totals(data["rows"])
         write(data)  # after every shape: an interrupted run keeps what it measured
+
 
 if __name__ == "__main__":
     main()
