@@ -15,6 +15,12 @@ Models (torchvision ResNet-50, random weights, m sources, zootune defaults):
   weights, one grouped convolution with the batch folded into the groups, alignment recomputed on
   every call, autograd keeping everything (the reference point for our kernels).
 
+``--no-align-shapes`` also times the training step of ``plain``, ``zoo`` and ``lite`` built with
+``align=False`` (Zoo-Tuning "w/o T", the paper's Table 3), in cells of their own with their own
+plain baseline (keys ``.../m5/align-none``): the channel alignment ``T_i W_i`` costs
+``m * C_out^2 * K`` multiply-adds per aligned layer whatever the batch (§3.4), so this prices the
+speed side of a trade-off whose accuracy side ``benchmarks/paper_tables.py`` measures.
+
 Train = forward + backward + SGD step; inference = forward in eval mode under
 ``torch.inference_mode``.
 
@@ -155,10 +161,11 @@ def count_flops(model, phase: str, size: int, batch: int) -> int:
     return counter.get_total_flops()
 
 
-def build_models(methods: list[str], m: int, exported_file: str | None = None) -> dict:
+def build_models(methods: list[str], m: int, exported_file: str | None = None, align=None) -> dict:
     """One model per method; ``straightforward`` shares the per-sample ZooModel (its layers switch
     to :func:`straightforward_forward` only during that method's steps). With ``exported_file``
-    the exported model is a fresh ResNet-50 loaded from that file (what a deployment holds)."""
+    the exported model is a fresh ResNet-50 loaded from that file (what a deployment holds).
+    ``align``: zootune's ``align`` option for the Zoo-Tuning models (None: its default)."""
     import torch
     import torchvision
 
@@ -166,6 +173,7 @@ def build_models(methods: list[str], m: int, exported_file: str | None = None) -
 
     torch.manual_seed(0)
     models = {}
+    opts = {} if align is None else {"align": align}
     if exported_file is not None and "exported" in methods:
         from safetensors.torch import load_file
 
@@ -175,9 +183,9 @@ def build_models(methods: list[str], m: int, exported_file: str | None = None) -
     if "plain" in methods:
         models["plain"] = torchvision.models.resnet50()
     if {"zoo", "straightforward"} & set(methods):
-        models["zoo"] = zootune.zoo_tune([torchvision.models.resnet50() for _ in range(m)])
+        models["zoo"] = zootune.zoo_tune([torchvision.models.resnet50() for _ in range(m)], **opts)
     if {"lite", "exported"} & set(methods):
-        lite = zootune.zoo_tune([torchvision.models.resnet50() for _ in range(m)], lite=True)
+        lite = zootune.zoo_tune([torchvision.models.resnet50() for _ in range(m)], lite=True, **opts)
         if "lite" in methods:
             models["lite"] = lite
         if "exported" in methods:
@@ -269,7 +277,7 @@ def kernel_choices_made() -> dict[str, str]:
 def time_worker(spec: dict) -> dict:
     """Seconds per step of every method in ``spec['methods']``, interleaved (module docstring)."""
     _, _, x, target = setup(spec)
-    models = build_models(spec["methods"], spec["m"])
+    models = build_models(spec["methods"], spec["m"], align=spec.get("align"))
     steps = {meth: make_step(meth, models, spec["phase"], x, target) for meth in spec["methods"]}
     for step in steps.values():  # warm-up: allocator, backend kernels, auto kernel choice
         step()
@@ -287,7 +295,7 @@ def export_worker(spec: dict) -> dict:
     import zootune
 
     setup(spec)
-    models = build_models(["exported"], spec["m"])
+    models = build_models(["exported"], spec["m"], align=spec.get("align"))
     zootune.save(models["exported"], spec["path"])
     return {"path": spec["path"]}
 
@@ -296,7 +304,7 @@ def flops_worker(spec: dict) -> dict:
     """FLOPs of one method's step (see :func:`count_flops`)."""
     batch, size, _, _ = setup(spec)
     meth = spec["method"]
-    models = build_models([meth], spec["m"])
+    models = build_models([meth], spec["m"], align=spec.get("align"))
     model = model_of(meth, models)
     with mode_of(meth, models):
         f1, f2 = (count_flops(model, spec["phase"], size, b) for b in (1, 2))
@@ -311,7 +319,7 @@ def memory_worker(spec: dict) -> dict:
 
     batch, size, x, target = setup(spec)
     meth = spec["method"]
-    models = build_models([meth], spec["m"], spec.get("exported_file"))
+    models = build_models([meth], spec["m"], spec.get("exported_file"), align=spec.get("align"))
     step = make_step(meth, models, spec["phase"], x, target)
     step()  # one step: optimizer state already exists, so its peak is the steady state's
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
@@ -468,8 +476,9 @@ def environment() -> dict:
 # ----------------------------------------------------------------------------------------------
 
 
-def cell_key(shape: str, phase: str, method: str, m: int, allocator: str = "system") -> str:
-    return f"{shape}/{phase}/{method}/m{m}" + ("" if allocator == "system" else f"/{allocator}")
+def cell_key(shape: str, phase: str, method: str, m: int, allocator: str = "system", align=None) -> str:
+    return (f"{shape}/{phase}/{method}/m{m}" + ("" if allocator == "system" else f"/{allocator}")
+            + ("" if align is None else f"/align-{'none' if align is False else align}"))
 
 
 def allocator_of(rec: dict) -> str:
@@ -488,14 +497,16 @@ def run_worker(kind: str, spec: dict, env: dict) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def cells(shapes, phases, ms, sweep_shapes):
-    """(shape, phase, methods, m) groups timed together."""
+def cells(shapes, phases, ms, sweep_shapes, no_align_shapes=()):
+    """(shape, phase, methods, m, align) groups timed together (align None: zootune's default)."""
     out = []
     for shape in shapes:
         for phase in phases:
-            out.append((shape, phase, METHODS[phase], 5))
+            out.append((shape, phase, METHODS[phase], 5, None))
         if "train" in phases and shape in sweep_shapes:
-            out += [(shape, "train", ["plain", "zoo"], m) for m in ms if m != 5]
+            out += [(shape, "train", ["plain", "zoo"], m, None) for m in ms if m != 5]
+        if "train" in phases and shape in no_align_shapes:
+            out.append((shape, "train", ["plain", "zoo", "lite"], 5, False))
     return out
 
 
@@ -540,20 +551,23 @@ def write_markdown(data: dict) -> None:
         "",
     ]
     allocators = ["system"] + sorted({allocator_of(r) for r in results.values()} - {"system"})
-    for alloc_name in allocators:
+    for alloc_name, align in [(a, al) for al in (None, False) for a in allocators]:
         for shape, (b, s) in SHAPES.items():
-            rows = [r for r in results.values() if r["shape"] == shape and allocator_of(r) == alloc_name]
+            rows = [r for r in results.values() if r["shape"] == shape and allocator_of(r) == alloc_name
+                    and r.get("align") == align]
             if not rows:
                 continue
             alloc = ("default allocator (glibc)" if alloc_name == "system"
                      else f"with {alloc_name} (LD_PRELOAD)")
+            if align is False:
+                alloc += ", Zoo-Tuning without channel alignment (align=False, \"w/o T\")"
             lines += [f"## {shape} shape: batch {b}, {s}x{s} — {alloc}", "",
                       "| phase | method | m | CPU | s/step | time ratio | own process s/step | "
                       "own ratio | FLOP ratio | peak RSS GB | mem ratio | target (paper shape) | met |",
                       "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
             for r in sorted(rows, key=lambda r: (r["phase"] != "train", r["m"],
                                                  METHODS[r["phase"]].index(r["method"]))):
-                base = results.get(cell_key(shape, r["phase"], "plain", r["m"], alloc_name))
+                base = results.get(cell_key(shape, r["phase"], "plain", r["m"], alloc_name, align))
                 tr = r["seconds"] / base["seconds"]
                 fr = r["flops"] / base["flops"] if r.get("flops") else float("nan")
                 mr = r["peak_rss_gb"] / base["peak_rss_gb"] if r.get("peak_rss_gb") else float("nan")
@@ -563,7 +577,7 @@ def write_markdown(data: dict) -> None:
                 own_r = own / base["fresh_median"] if own and base.get("fresh_median") and same_cpu else None
                 cpu = labels[r.get("cpu", UNRECORDED)] + ("" if own is None else f" / {labels[own_cpu]}")
                 tgt, met = "", ""
-                if shape == "paper" and r["m"] == 5 and (r["phase"], r["method"]) in TARGETS:
+                if shape == "paper" and r["m"] == 5 and align is None and (r["phase"], r["method"]) in TARGETS:
                     t = TARGETS[(r["phase"], r["method"])]
                     # "1.0x" means no overhead: allow 5% measurement noise there; met when both
                     # the interleaved and the own-process ratio are within the target
@@ -634,6 +648,8 @@ def main() -> None:
     ap.add_argument("--ms", default="2,3,5,8", help="numbers of sources for the train step")
     ap.add_argument("--m-sweep-shapes", default="quick,paper",
                     help="shapes at which the train step is also timed for every m in --ms")
+    ap.add_argument("--no-align-shapes", default="quick,paper",
+                    help="shapes at which plain, zoo and lite are also trained with align=False")
     ap.add_argument("--reps", type=int, default=3, help="timed rounds after one warm-up round")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--allocator", default="system",
@@ -692,16 +708,20 @@ def main() -> None:
     shapes = [s for s in args.shapes.split(",") if s]
     phases = [p for p in args.phases.split(",") if p in METHODS]
     ms = [int(v) for v in args.ms.split(",") if v]
-    for shape, phase, methods, m in cells(shapes, phases, ms, args.m_sweep_shapes.split(",")):
-        keys = {meth: cell_key(shape, phase, meth, m, allocator) for meth in methods}
+    for shape, phase, methods, m, align in cells(shapes, phases, ms, args.m_sweep_shapes.split(","),
+                                                 args.no_align_shapes.split(",")):
+        keys = {meth: cell_key(shape, phase, meth, m, allocator, align) for meth in methods}
         done = all(k in data["results"] for k in keys.values())
         own_done = done and all("fresh_median" in data["results"][k] for k in keys.values())
+        label = f"{shape}/{phase}/m{m}" + ("" if align is None else f" align={align}")
         if own_done and not (args.force or args.retime or args.reown):
-            print(f"skip {shape}/{phase}/m{m} (done)")
+            print(f"skip {label} (done)")
             continue
         spec = dict(shape=shape, phase=phase, m=m, threads=args.threads)
+        if align is not None:
+            spec["align"] = align
         if not done or args.force or (args.retime and not args.reown):
-            print(f"time {shape}/{phase}/m{m}: {', '.join(methods)} ...", flush=True)
+            print(f"time {label}: {', '.join(methods)} ...", flush=True)
             times = run_worker("time", {**spec, "methods": methods, "reps": args.reps}, env)
             for meth in methods:
                 rec = {**spec, "method": meth, "allocator": allocator, "cpu": cpu_name(),
@@ -730,7 +750,7 @@ def main() -> None:
     for k, rec in data["results"].items():  # FLOPs counted by an older version of the counter
         if rec.get("flops_counter") != FLOPS_COUNTER:
             print(f"recount FLOPs {k} ...", flush=True)
-            spec = {f: rec[f] for f in ("shape", "phase", "m", "threads", "method")}
+            spec = {f: rec[f] for f in ("shape", "phase", "m", "threads", "method", "align") if f in rec}
             rec.update(run_worker("flops", spec, env))
             save()
     if args.profile_layers:

@@ -104,3 +104,31 @@ def test_layer_profiles_of_two_allocators_are_reported_apart(speed):
     assert [h.split(":")[0] for h in heads] == ["## Per-layer profile (paper shape)",
                                                 "## Per-layer profile (paper shape, with tcmalloc)"]
     assert "per-sample 12 ms (1.20x)" in md and "per-sample 12 ms (2.40x)" in md
+
+
+def test_no_align_cells_are_reported_apart_against_their_own_plain(speed):
+    recs = [_rec("plain", 10.0, 12.0, "Xeon", "Xeon"), _rec("zoo", 14.0, 15.0, "Xeon", "Xeon"),
+            {**_rec("plain", 11.0, 12.0, "Xeon", "Xeon"), "align": False},
+            {**_rec("zoo", 12.1, 13.2, "Xeon", "Xeon"), "align": False}]
+    assert speed.cell_key("paper", "train", "zoo", 5, "system", False) == "paper/train/zoo/m5/align-none"
+    data = {"results": {speed.cell_key("paper", "train", r["method"], 5, "system", r.get("align")): r for r in recs},
+            "environment": {"machine": "x", "python": "3", "torch": "t", "zootune": "z", "threads": 2}}
+    speed.write_markdown(data)
+    md = (speed.RESULTS / "speed.md").read_text()
+    heads = [l for l in md.splitlines() if l.startswith("## paper shape")]
+    assert len(heads) == 2 and "align=False" in heads[1] and "align=False" not in heads[0]
+    zoo_rows = [_cells(l) for l in md.splitlines() if l.startswith("| train | zoo | 5 |")]
+    assert zoo_rows[0][5] == "1.40x" and zoo_rows[0][-1] == "no/yes"  # 14/10 against 1.35x; memory 1.0x
+    assert zoo_rows[1][5] == "1.10x" and zoo_rows[1][7] == "1.10x"  # 12.1/11 and 13.2/12: its own plain
+    assert zoo_rows[1][-1] == "" and zoo_rows[1][-2] == ""  # the targets are for the default model
+
+
+def test_no_align_cells_are_timed_as_a_group_of_their_own(speed):
+    groups = speed.cells(["paper"], ["train"], [5], [], ["paper"])
+    assert groups == [("paper", "train", speed.METHODS["train"], 5, None),
+                      ("paper", "train", ["plain", "zoo", "lite"], 5, False)]
+    assert speed.cells(["paper"], ["infer"], [5], [], ["paper"]) == [("paper", "infer", speed.METHODS["infer"], 5, None)]
+
+
+def _cells(line: str) -> list[str]:
+    return [c.strip() for c in line.strip().strip("|").split("|")]
