@@ -207,6 +207,12 @@ def totals(rows: list[dict]) -> dict[str, float]:
     return out
 
 
+def _best_cell(row: dict, family: str) -> str:
+    """``ms (setting)`` of the family's fastest setting in ``row``, or ``-`` if not measured."""
+    name = row["best"].get(family)
+    return "-" if name is None else f"{row['ms'][name]:.1f} ({name.split('/', 1)[1]})"
+
+
 def write_md(data: dict) -> None:
     env = data["environment"]
     lines = ["# Forming per-sample weights in cache: how close to the floor (issue 15, item 2)", "",
@@ -218,13 +224,10 @@ def write_md(data: dict) -> None:
              "| layer | count | C_out | K | L | one_gemm | floor | library | tiled_torch (best) | tiled_cpp (best) |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in data["rows"]:
-        ms, best = r["ms"], r["best"]
-        def cell(fam):
-            n = best.get(fam)
-            return "-" if n is None else f"{ms[n]:.1f} ({n.split('/', 1)[1]})"
+        ms = r["ms"]
         lines.append(f"| {r['layer']} ({r['kernel']}) | {r['count']} | {r['C_out']} | {r['K']} | {r['L']} | "
-                     f"{ms['one_gemm']:.1f} | {ms['floor']:.1f} | {ms['library']:.1f} | {cell('tiled_torch')} | "
-                     f"{cell('tiled_cpp')} |")
+                     f"{ms['one_gemm']:.1f} | {ms['floor']:.1f} | {ms['library']:.1f} | "
+                     f"{_best_cell(r, 'tiled_torch')} | {_best_cell(r, 'tiled_cpp')} |")
     tot = data["totals"]
     lines += ["", "Summed over these layers (each shape times its count):", "",
               "| variant | ms | / one_gemm | / library |", "|---|---:|---:|---:|"]
