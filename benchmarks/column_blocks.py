@@ -35,7 +35,7 @@ import torch
 from zootune.layers import kernels
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import atomic_write, environment, keep_notes  # noqa: E402
+from common import atomic_write, keep_notes, provenance  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 # n of ResNet-50's aggregated convolutions: 64x64x3x3, 256x64, 512x128 (sized like 128x128x3x3),
@@ -138,10 +138,8 @@ def main() -> None:
     for n in map(int, args.sizes.split(",")):
         rows.append(measure(n, args.batch, args.m, args.rounds))
         print(json.dumps(rows[-1]), flush=True)
-    preload = os.environ.get("LD_PRELOAD", "")
     write({
-        "command": (f"LD_PRELOAD={preload} " if preload else "") + "python " + " ".join(sys.argv),
-        "environment": environment(args.threads),
+        **provenance(args.threads),
         "batch": args.batch, "m": args.m, "rounds": args.rounds,
         "rule": {"COLUMN_BLOCK": kernels.COLUMN_BLOCK,
                  "AGGREGATE_BLOCKED_FROM": kernels.AGGREGATE_BLOCKED_FROM,

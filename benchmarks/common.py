@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 import platform
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -26,6 +28,36 @@ def atomic_write(path: Path, text: str) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(text)
     tmp.replace(path)
+
+
+def command_line() -> str:
+    """The command that ran this script, with the ``LD_PRELOAD`` it ran under (a results file
+    records how to reproduce it; the allocator changes the numbers)."""
+    preload = os.environ.get("LD_PRELOAD", "")
+    return (f"LD_PRELOAD={preload} " if preload else "") + "python " + " ".join(sys.argv)
+
+
+def run_setup(**options: Any) -> dict[str, Any]:
+    """``options`` plus the CPU model and ``LD_PRELOAD``: everything that must match before rows
+    measured by an earlier run are reused (:func:`reusable_rows`)."""
+    return {**options, "cpu": cpu_name(), "ld_preload": os.environ.get("LD_PRELOAD", "")}
+
+
+def reusable_rows(path: Path, setup: dict[str, Any], key, force: bool = False) -> tuple[dict, dict]:
+    """The results file at ``path`` and ``{key(row): row}`` of its rows, if it was written with
+    the same ``setup``; nothing when ``force`` or when the setup differs (a resumable benchmark
+    skips only what it measured under the same conditions)."""
+    old = json.loads(path.read_text()) if path.is_file() and not force else {}
+    rows = {key(r): r for r in old.get("rows", [])} if old.get("setup") == setup else {}
+    return old, rows
+
+
+def provenance(threads: int, old: dict | None = None) -> dict[str, Any]:
+    """``command`` and ``environment`` of a results file: ``old``'s when given (a re-run that
+    reused every row measured nothing, so the numbers still come from that run), else this run's."""
+    if old:
+        return {"command": old["command"], "environment": old["environment"]}
+    return {"command": command_line(), "environment": environment(threads)}
 
 
 def cpu_name() -> str:

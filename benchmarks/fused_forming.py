@@ -48,7 +48,7 @@ import torch
 from zootune.layers import kernels
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import atomic_write, environment, keep_notes  # noqa: E402
+from common import atomic_write, keep_notes, provenance, reusable_rows, run_setup  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 JSON = RESULTS / "fused_forming.json"
@@ -242,28 +242,26 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=48)
     ap.add_argument("--m", type=int, default=5)
     ap.add_argument("--rounds", type=int, default=7)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--force", action="store_true", help="re-measure finished rows")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     if not FLOOR_JSON.is_file():
         sys.exit(f"{FLOOR_JSON} is missing: run benchmarks/per_sample_floor.py first")
     shapes = product_shapes(json.loads(FLOOR_JSON.read_text())["rows"])
-    setup = {"batch": args.batch, "m": args.m, "rounds": args.rounds, "threads": args.threads,
-             "preload": os.path.basename(os.environ.get("LD_PRELOAD", "")) or None}
-    old = json.loads(JSON.read_text()) if JSON.is_file() and not args.force else {}
-    done = {r["layer"]: r for r in old.get("rows", [])} if old.get("setup") == setup else {}
+    setup = run_setup(batch=args.batch, m=args.m, rounds=args.rounds, threads=args.threads)
+    old, done = reusable_rows(JSON, setup, lambda r: r["layer"], args.force)
+    origin = provenance(args.threads, old if done else None)
     cpp = cpp_kernel()
-    rows = []
+    rows, data = [], {}
     for shape in shapes:
         row = done.get(shape["layer"])
         if row is None or (cpp is not None and row["best"].get("tiled_cpp") is None):
             row = measure(shape, args.batch, args.m, args.rounds, cpp)
+            origin = provenance(args.threads)  # this run measured: it is the one to repeat
             print(shape["layer"], {k: round(v, 1) for k, v in row["ms"].items()}, flush=True)
         rows.append(row)
-        data = {"command": " ".join(([f"LD_PRELOAD={os.environ['LD_PRELOAD']}"] if os.environ.get("LD_PRELOAD") else [])
-                                    + ["python", "benchmarks/fused_forming.py", *sys.argv[1:]]),
-                "environment": environment(args.threads), "setup": setup, "rows": rows}
+        data = {**origin, "setup": setup, "rows": rows}
         data["totals"] = totals(rows)
         atomic_write(JSON, json.dumps(data, indent=1) + "\n")
     write_md(data)

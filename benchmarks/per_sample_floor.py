@@ -46,7 +46,8 @@ import torch.nn.functional as F
 from zootune.layers import kernels
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import aggregated_conv_inputs, atomic_write, cpu_name, environment, keep_notes  # noqa: E402
+from common import (aggregated_conv_inputs, atomic_write, keep_notes, provenance, reusable_rows,  # noqa: E402
+                    run_setup)
 
 RESULTS = Path(__file__).parent / "results"
 JSON = RESULTS / "per_sample_floor.json"
@@ -264,19 +265,14 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    # rows are reused only from a run with the same setup on the same CPU model
-    setup = {"batch": args.batch, "size": args.size, "m": args.m, "rounds": args.rounds,
-             "cpu": cpu_name(), "ld_preload": os.environ.get("LD_PRELOAD", "")}
-    old = json.loads(JSON.read_text()) if JSON.is_file() and not args.force else {}
-    done = {row_key(r): r for r in old.get("rows", [])} if old.get("setup") == setup else {}
-    command = (f"LD_PRELOAD={setup['ld_preload']} " if setup["ld_preload"] else "") + "python " + " ".join(sys.argv)
-    data = {"command": old.get("command", command) if done else command,
-            "environment": environment(args.threads), "setup": setup, "rows": []}
+    setup = run_setup(batch=args.batch, size=args.size, m=args.m, rounds=args.rounds)
+    old, done = reusable_rows(JSON, setup, row_key, args.force)
+    data = {**provenance(args.threads, old if done else None), "setup": setup, "rows": []}
     for row in conv_shapes(args.m, args.size):
         rec = done.get(row_key(row))
         if rec is None:
             rec = measure(row, args.batch, args.m, args.rounds)
-            data["command"] = command
+            data.update(provenance(args.threads))  # this run measured: it is the one to repeat
             print(json.dumps({k: rec[k] for k in ("layer", "kernels", "floor_ms") if k in rec}
                              | {"ms": {k: round(v, 1) for k, v in rec["ms"].items()}}), flush=True)
         data["rows"].append(rec)

@@ -61,3 +61,30 @@ def test_network_totals_weigh_layers_by_count_and_bound_by_the_better(floor):
     assert t["infer"]["bound_ms"] == 3 * 12.0 + 4.0
     assert t["train"]["bound_ms"] == 3 * 60.0 + 14.0  # the floor above the library: library
     assert t["train"]["bound_ratio"] == pytest.approx(194.0 / 105.0)
+
+
+def test_rows_are_reused_only_under_the_same_setup(tmp_path, monkeypatch):
+    """benchmarks/common.py: a resumable benchmark skips rows measured under the same setup (CPU
+    and LD_PRELOAD included) and re-measures everything else."""
+    import json
+
+    common = load_script("benchmarks/common.py")
+    monkeypatch.setenv("LD_PRELOAD", "/lib/libtcmalloc.so")
+    setup = common.run_setup(batch=48, m=5)
+    assert setup["ld_preload"] == "/lib/libtcmalloc.so" and setup["cpu"] == common.cpu_name()
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps({"setup": setup, "rows": [{"layer": "a"}, {"layer": "b"}]}))
+    key = lambda r: r["layer"]  # noqa: E731
+    assert set(common.reusable_rows(path, setup, key)[1]) == {"a", "b"}
+    assert common.reusable_rows(path, setup, key, force=True) == ({}, {})
+    monkeypatch.setenv("LD_PRELOAD", "")
+    assert common.reusable_rows(path, common.run_setup(batch=48, m=5), key)[1] == {}  # other allocator
+    assert common.reusable_rows(path, {**setup, "m": 3}, key)[1] == {}
+    assert common.reusable_rows(tmp_path / "missing.json", setup, key) == ({}, {})
+    assert common.command_line().startswith("python ")  # LD_PRELOAD empty: no prefix
+    monkeypatch.setenv("LD_PRELOAD", "/lib/libtcmalloc.so")
+    assert common.command_line().startswith("LD_PRELOAD=/lib/libtcmalloc.so python ")
+    fresh = common.provenance(2)
+    assert fresh["command"] == common.command_line() and fresh["environment"]["threads"] == 2
+    old = {"command": "python x.py", "environment": {"written": "then"}, "rows": []}
+    assert common.provenance(2, old) == {"command": "python x.py", "environment": {"written": "then"}}
